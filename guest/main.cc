@@ -1,0 +1,153 @@
+// tartarus-agent: the guest agent, PID 1 inside every Tartarus sandbox (part of the
+// Tartarus runtime). A static binary: only the standard library, tartarus_common and the
+// protocol codec.
+//
+//   tartarus-agent --stdio         serve the guest protocol on fd 0 (in) / fd 1 (out)
+//   tartarus-agent --listen PATH   serve it on a Unix socket, one connection at a time
+//
+// Diagnostics go to stderr.
+#include <fcntl.h>
+#include <linux/capability.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <string_view>
+
+#include "guest/agent.h"
+#include "guest/child.h"
+
+#ifndef TARTARUS_VERSION
+#define TARTARUS_VERSION "dev"
+#endif
+
+namespace tartarus::guest {
+namespace {
+
+void Log(const std::string& message) {
+  std::fprintf(stderr, "tartarus-agent: %s\n", message.c_str());
+}
+
+// In a microVM the agent boots on a bare kernel and mounts the basics itself; in a
+// container the OCI runtime already did, and the agent lacks CAP_SYS_ADMIN anyway.
+void MountBasics() {
+  if (!HasEffectiveCapability(CAP_SYS_ADMIN)) return;
+  if (access("/proc/self", F_OK) == 0) return;
+  struct Mount {
+    const char* source;
+    const char* target;
+    const char* type;
+    unsigned long flags;
+    const char* data;
+  };
+  const Mount mounts[] = {
+      {"proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr},
+      {"sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr},
+      {"devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755"},
+      {"devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=620"},
+      {"tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777"},
+  };
+  for (const Mount& m : mounts) {
+    mkdir(m.target, 0755);
+    if (mount(m.source, m.target, m.type, m.flags, m.data) < 0 && errno != EBUSY) {
+      Log(std::string("mount ") + m.target + ": " + std::strerror(errno));
+    }
+  }
+}
+
+// fds 0-2 must exist so that pipes and files never land on them.
+void EnsureStdFds() {
+  for (int fd = 0; fd <= 2; ++fd) {
+    if (fcntl(fd, F_GETFD) < 0) {
+      int null_fd = open("/dev/null", O_RDWR);
+      if (null_fd >= 0 && null_fd != fd) {
+        dup2(null_fd, fd);
+        close(null_fd);
+      }
+    }
+  }
+}
+
+int ExitCodeFor(Agent::End end) {
+  switch (end) {
+    case Agent::End::kHostClosed:
+    case Agent::End::kShutdown:
+      return 0;
+    case Agent::End::kVersionMismatch:
+    case Agent::End::kFatal:
+      return 1;
+  }
+  return 1;
+}
+
+int ServeStdio() {
+  Agent agent(TARTARUS_VERSION);
+  return ExitCodeFor(agent.Serve(STDIN_FILENO, STDOUT_FILENO));
+}
+
+int ServeSocket(const std::string& path) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof addr.sun_path) {
+    Log("socket path too long: " + path);
+    return 2;
+  }
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  UniqueFd listener(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!listener) {
+    Log(std::string("socket: ") + std::strerror(errno));
+    return 1;
+  }
+  unlink(path.c_str());
+  if (bind(listener.Get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0 ||
+      listen(listener.Get(), 4) < 0) {
+    Log("listen on " + path + ": " + std::strerror(errno));
+    return 1;
+  }
+  for (;;) {
+    UniqueFd conn(accept4(listener.Get(), nullptr, nullptr, SOCK_CLOEXEC));
+    if (!conn) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      Log(std::string("accept: ") + std::strerror(errno));
+      return 1;
+    }
+    // Each connection starts clean: Serve kills what the previous one started.
+    Agent agent(TARTARUS_VERSION);
+    Agent::End end = agent.Serve(conn.Get(), conn.Get());
+    if (end == Agent::End::kShutdown) return 0;
+  }
+}
+
+int Main(int argc, char** argv) {
+  std::string_view mode = argc >= 2 ? argv[1] : "";
+  if (mode != "--stdio" && !(mode == "--listen" && argc == 3)) {
+    std::fprintf(stderr, "usage: tartarus-agent --stdio | --listen PATH\n");
+    return 2;
+  }
+  EnsureStdFds();
+  // SIGCHLD arrives through a signalfd; a host that vanishes shows up as EPIPE.
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGCHLD);
+  sigprocmask(SIG_BLOCK, &mask, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+  // Outside PID 1 (tests, some runtimes) orphans would escape to the real init: adopt them.
+  if (getpid() != 1) prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+  // Modes in FileWriteOpen and Mkdir are applied exactly.
+  umask(0);
+  MountBasics();
+  return mode == "--stdio" ? ServeStdio() : ServeSocket(argv[2]);
+}
+
+}  // namespace
+}  // namespace tartarus::guest
+
+int main(int argc, char** argv) { return tartarus::guest::Main(argc, argv); }

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone on Debian 12 as root:
+#   installs dependencies, builds (warnings are errors), checks formatting, builds the
+#   shipped templates (cached under the state dir), runs every unit, integration and
+#   end-to-end test, the ASan/UBSan builds and the fuzzers.
+# Environment: TARTARUS_STATE_DIR (default /var/lib/tartarus) holds the template cache.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+jobs=$(nproc)
+export TARTARUS_STATE_DIR=${TARTARUS_STATE_DIR:-/var/lib/tartarus}
+export TARTARUS_TEST_STATE_DIR=$TARTARUS_STATE_DIR
+
+step() { printf '\n==> %s\n' "$*"; }
+started=$(date +%s)
+
+step "dependencies"
+scripts/install-deps.sh
+
+step "format check (.clang-format)"
+mapfile -t sources < <(git ls-files '*.cc' '*.h' 2>/dev/null || find src guest tests bench fuzz -name '*.cc' -o -name '*.h')
+clang-format --dry-run -Werror "${sources[@]}"
+
+step "build (g++, -Werror)"
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build -j "$jobs"
+
+step "build fuzzers (clang++, libFuzzer + ASan/UBSan)"
+cmake -S . -B build-fuzz -G Ninja -DCMAKE_CXX_COMPILER=clang++ -DTARTARUS_FUZZ=ON >/dev/null
+cmake --build build-fuzz -j "$jobs"
+
+step "templates (built once, cached in $TARTARUS_STATE_DIR)"
+build/bin/tartarus template build base python-ds
+
+step "tests"
+failed=0
+(cd build && ctest --output-on-failure --timeout 900 -j "$jobs") | tee build/ctest.log || failed=1
+step "fuzzers"
+(cd build-fuzz && ctest --output-on-failure) | tee build-fuzz/ctest.log || failed=1
+
+passed_count=0
+failed_count=0
+for log in build/ctest.log build-fuzz/ctest.log; do
+  line=$(grep -E 'tests passed, [0-9]+ tests failed out of' "$log" | tail -1 || true)
+  total=$(sed -E 's/.* out of ([0-9]+).*/\1/' <<<"$line")
+  bad=$(sed -E 's/.*passed, ([0-9]+) tests failed.*/\1/' <<<"$line")
+  [ -n "$total" ] || { failed=1; continue; }
+  passed_count=$((passed_count + total - bad))
+  failed_count=$((failed_count + bad))
+done
+skipped=$(grep -cE '\(Skipped\)$' build/ctest.log || true)
+passed_count=$((passed_count - skipped))
+printf '\ntest suite took %ss\n' $(( $(date +%s) - started ))
+[ "$failed_count" -eq 0 ] && [ "$failed" -eq 0 ] || failed=1
+echo "tests: ${passed_count} passed, ${failed_count} failed, ${skipped} skipped"
+exit "$failed"

@@ -1,0 +1,101 @@
+// tartarus: the command-line interface. Until the control plane exists it works in local
+// mode: every command acts on this host's state directory through node::LocalNode.
+// Exit codes: a run's or exec's own exit code (127 not found, 124 timeout, 128+N signal);
+// 125 when Tartarus itself failed (bad flag, unknown template, missing runtime, ...).
+#include <signal.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <iostream>
+#include <algorithm>
+#include <thread>
+
+#include "cli/commands.h"
+
+namespace tartarus::cli {
+namespace {
+
+std::string SelfDir() {
+  std::error_code ec;
+  auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  return ec ? "." : exe.parent_path().string();
+}
+
+// Where shipped templates are looked up, first match wins.
+std::vector<std::string> TemplateDirs(const std::string& self_dir) {
+  std::vector<std::string> dirs;
+  if (const char* env = getenv("TARTARUS_TEMPLATE_PATH")) {
+    std::string path = env;
+    size_t start = 0;
+    while (start <= path.size()) {
+      size_t end = path.find(':', start);
+      if (end == std::string::npos) end = path.size();
+      if (end > start) dirs.push_back(path.substr(start, end - start));
+      start = end + 1;
+    }
+  }
+  dirs.push_back(self_dir + "/../share/tartarus/templates");  // installed layout
+  dirs.push_back(self_dir + "/../../templates");              // build/bin in a checkout
+  return dirs;
+}
+
+}  // namespace
+}  // namespace tartarus::cli
+
+int main(int argc, char** argv) {
+  using namespace tartarus::cli;
+  std::string self_dir = SelfDir();
+  GlobalOptions global;
+  const char* env_state = getenv("TARTARUS_STATE_DIR");
+  global.node.state_dir = env_state && *env_state ? env_state : "/var/lib/tartarus";
+  global.node.agent_path = self_dir + "/tartarus-agent";
+  global.node.self_path = self_dir + "/tartarus";
+  global.node.template_dirs = TemplateDirs(self_dir);
+
+  CLI::App app{
+      "Tartarus runs untrusted code in sandboxes that start as fast as containers and\n"
+      "isolate like virtual machines.\n\n"
+      "  tartarus run --template python-ds -- python3 -c \"print('hi')\"\n"
+      "  tartarus ps\n",
+      "tartarus"};
+  app.set_version_flag("--version", std::string("tartarus ") + TARTARUS_VERSION);
+  app.require_subcommand(1);
+  app.add_option("--state-dir", global.node.state_dir,
+                 "State directory: templates, sandboxes, runtime state (env TARTARUS_STATE_DIR)")
+      ->capture_default_str();
+  app.add_option("--gvisor-platform", global.node.gvisor_platform,
+                 "runsc --platform for the gvisor runtime (ptrace works everywhere; kvm needs "
+                 "hardware virtualization)")
+      ->capture_default_str();
+
+  int exit_code = 0;
+  RegisterCommands(app, global, exit_code);
+  // Everything after the first "--" is the sandboxed command, never our flags.
+  std::vector<std::string> args;
+  for (int i = 1; i < argc; ++i) {
+    if (std::string_view(argv[i]) == "--" && !global.command_given) {
+      global.command_given = true;
+      global.command.assign(argv + i + 1, argv + argc);
+      break;
+    }
+    args.emplace_back(argv[i]);
+  }
+  std::reverse(args.begin(), args.end());  // CLI11 takes the arguments reversed
+  try {
+    app.parse(args);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "tartarus: %s\nRun 'tartarus --help' (or 'tartarus COMMAND --help').\n",
+                 e.what());
+    return kTartarusFailure;
+  }
+  return exit_code;
+}

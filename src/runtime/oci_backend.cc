@@ -1,0 +1,497 @@
+// The Tartarus runtime: the OCI backends (runc, crun, runsc).
+#include "runtime/oci_backend.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/inotify.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <charconv>
+#include <cerrno>
+#include <cstdio>
+#include <chrono>
+#include <utility>
+#include <vector>
+
+#include "common/subprocess.h"
+#include "common/unique_fd.h"
+#include "runtime/cgroups.h"
+#include "runtime/lethe.h"
+#include "runtime/oci_bundle.h"
+#include "runtime/owner.h"
+
+namespace tartarus::runtime {
+namespace {
+
+using std::chrono::milliseconds;
+
+constexpr milliseconds kStartTimeout{30000};
+constexpr milliseconds kExitTimeout{5000};  // for the runtime, after its init was killed
+constexpr milliseconds kCommandTimeout{15000};
+constexpr size_t kLogTailBytes = 2048;
+
+// crun 1.8 misreads hybrid hosts (v1 controllers + a cgroup2 mount at
+// /sys/fs/cgroup/unified) and fails; without that mount it sees plain v1. So every crun
+// command runs in a private mount namespace where the cgroup2 mount is gone.
+constexpr const char* kCrunWrapper =
+    "if [ -d /sys/fs/cgroup/unified ] && [ ! -e /sys/fs/cgroup/cgroup.controllers ]; then "
+    "umount /sys/fs/cgroup/unified || exit 125; fi; exec crun \"$@\"";
+
+const char* BinaryName(OciRuntime runtime) {
+  switch (runtime) {
+    case OciRuntime::kRunc:
+      return "runc";
+    case OciRuntime::kCrun:
+      return "crun";
+    case OciRuntime::kRunsc:
+      return "runsc";
+  }
+  return "runc";
+}
+
+const char* BackendName(OciRuntime runtime) {
+  switch (runtime) {
+    case OciRuntime::kRunc:
+      return "container";
+    case OciRuntime::kCrun:
+      return "container-crun";
+    case OciRuntime::kRunsc:
+      return "gvisor";
+  }
+  return "container";
+}
+
+bool Exists(const std::string& path) { return access(path.c_str(), F_OK) == 0; }
+
+Status MakeDirs(const std::string& path) {
+  for (size_t slash = 1; slash != std::string::npos;) {
+    slash = path.find('/', slash + 1);
+    std::string prefix = path.substr(0, slash);
+    if (mkdir(prefix.c_str(), 0700) < 0 && errno != EEXIST) return FailErrno("mkdir " + prefix);
+  }
+  return Ok();
+}
+
+// The runtime's argv up to (not including) the subcommand.
+std::vector<std::string> RuntimePrefix(OciRuntime runtime, const RuntimeConfig& config) {
+  std::string root = OciRootDir(config, runtime);
+  switch (runtime) {
+    case OciRuntime::kRunc:
+      return {"runc", "--root", root};
+    case OciRuntime::kCrun:
+      return {"unshare", "-m", "--propagation", "private", "sh", "-c", kCrunWrapper, "crun",
+              "--root", root};
+    case OciRuntime::kRunsc:
+      // No network stack at all; the OCI seccomp profile applies inside the sentry too;
+      // no gVisor-internal overlay, so writes land in Lethe's size-limited tmpfs.
+      return {"runsc",           "--root",         root,
+              "--platform=" + config.gvisor_platform, "--network=none", "--overlay2=none",
+              "--oci-seccomp"};
+  }
+  return {};
+}
+
+// The last lines of the runtime's stderr, for error messages.
+std::string LogTail(const std::string& path) {
+  UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return "";
+  off_t size = lseek(fd.Get(), 0, SEEK_END);
+  off_t start = size > static_cast<off_t>(kLogTailBytes) ? size - kLogTailBytes : 0;
+  std::string text(static_cast<size_t>(size - start), '\0');
+  ssize_t n = pread(fd.Get(), text.data(), text.size(), start);
+  text.resize(n > 0 ? static_cast<size_t>(n) : 0);
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+  return text;
+}
+
+// Removes the files Start writes and the sandbox dirs; never descends into mounts.
+Status RemoveSandboxFiles(const std::string& dir) {
+  for (const char* file : {"bundle/config.json", "owner", "runtime", "runtime.log"}) {
+    std::string path = dir + "/" + file;
+    if (unlink(path.c_str()) < 0 && errno != ENOENT) return FailErrno("unlink " + path);
+  }
+  for (const std::string& path : {dir + "/bundle", dir}) {
+    if (rmdir(path.c_str()) < 0 && errno != ENOENT) return FailErrno("rmdir " + path);
+  }
+  return Ok();
+}
+
+// Makes the OCI runtime forget container `id` (killing it if it still runs), but only
+// when the runtime still has state for it: runc run deletes its own state on exit.
+Status DeleteContainer(const RuntimeConfig& config, OciRuntime runtime, std::string_view id) {
+  if (!Exists(OciRootDir(config, runtime) + "/" + std::string(id))) return Ok();
+  std::vector<std::string> argv = RuntimePrefix(runtime, config);
+  argv.push_back("delete");
+  argv.push_back(runtime == OciRuntime::kRunsc ? "-force" : "-f");
+  argv.push_back(std::string(id));
+  auto output = RunCommand(argv, kCommandTimeout);
+  if (!output) return Fail(output.error().Context(std::string(BinaryName(runtime)) + " delete"));
+  if (!output->status.Success() && Exists(OciRootDir(config, runtime) + "/" + std::string(id))) {
+    return Fail(ErrorCode::kIo, std::string(BinaryName(runtime)) + " delete " + std::string(id) +
+                                    " failed (" + output->status.Describe() + "): " + output->err);
+  }
+  return Ok();
+}
+
+int PidfdOpen(pid_t pid) { return static_cast<int>(syscall(SYS_pidfd_open, pid, 0)); }
+
+class OciSandbox : public Sandbox {
+ public:
+  OciSandbox(OciRuntime runtime, RuntimeConfig config, std::string id)
+      : runtime_(runtime), config_(std::move(config)), id_(std::move(id)),
+        dir_(SandboxDir(config_, id_)) {}
+  ~OciSandbox() override { (void)Destroy(); }
+
+  const std::string& Id() const override { return id_; }
+  UniqueFd TakeFromAgent() override { return std::move(from_agent_); }
+  UniqueFd TakeToAgent() override { return std::move(to_agent_); }
+
+  Result<Usage> GetUsage() override {
+    auto usage = ReadCgroupUsage(CgroupDirsForPath(std::string(kCgroupRoot), CgroupsPathFor(id_)));
+    if (!usage) return Fail(usage.error().Context("sandbox " + id_ + " usage"));
+    return usage;
+  }
+
+  Status Destroy() override {
+    if (destroyed_) return Ok();
+    if (!created_dir_) {
+      // Start failed on an existing dir: it belongs to another sandbox with this id.
+      destroyed_ = true;
+      return Ok();
+    }
+    // Kill the container's init: the kernel then kills its whole pid namespace (or, for
+    // gVisor, the whole sandbox), and the foreground runtime cleans up and exits by itself.
+    if (process_.pid() > 0) {
+      auto exited = process_.TryWait();
+      if (exited && !exited->has_value()) {
+        if (init_pidfd_) syscall(SYS_pidfd_send_signal, init_pidfd_.Get(), SIGKILL, nullptr, 0);
+        // Without the init's pidfd there is nothing to wait for: kill the runtime at once.
+        WaitRuntimeExit(init_pidfd_ ? kExitTimeout : milliseconds(0));
+      }
+    }
+    init_pidfd_.Reset();
+    runtime_pidfd_.Reset();
+    // Every step runs even when an earlier one failed, so a failure leaks as little as
+    // possible; the first error is reported and a later Destroy() retries.
+    Status first = Ok();
+    auto step = [&first](Status status) {
+      if (!status && first) first = std::move(status);
+    };
+    // Only when the runtime did not get to clean up (it was killed, or died).
+    step(DeleteContainer(config_, runtime_, id_));
+    step(lethe_.Destroy());
+    if (!RemoveCgroupPath(std::string(kCgroupRoot), CgroupsPathFor(id_))) {
+      // Busy: something outlived the runtime (it was killed before it could clean up).
+      KillCgroupProcesses(CgroupDirsForPath(std::string(kCgroupRoot), CgroupsPathFor(id_)));
+      step(RemoveCgroupPath(std::string(kCgroupRoot), CgroupsPathFor(id_)));
+    }
+    if (first) step(RemoveSandboxFiles(dir_));
+    if (!first) return Fail(first.error().Context("destroying sandbox " + id_));
+    destroyed_ = true;
+    return Ok();
+  }
+
+  Status Start(const SandboxSpec& spec) {
+    auto T0 = std::chrono::steady_clock::now();
+    auto MARK = [&](const char* what) { fprintf(stderr, "%s %.2f\n", what, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - T0).count()); };
+    if (mkdir(dir_.c_str(), 0700) < 0) {
+      if (errno == EEXIST) {
+        return Fail(ErrorCode::kAlreadyExists, "sandbox " + id_ + " already exists");
+      }
+      return FailErrno("mkdir " + dir_);
+    }
+    created_dir_ = true;
+    auto owner = TRY(CurrentProcessOwner());
+    TRY(WriteSmallFile(dir_ + "/owner", FormatOwnerRecord(owner)));
+    std::string bundle = dir_ + "/bundle";
+    if (mkdir(bundle.c_str(), 0700) < 0) return FailErrno("mkdir " + bundle);
+    lethe_ = TRY(Lethe::Create(spec.rootfs, dir_ + "/layer", bundle + "/rootfs",
+                               spec.limits.disk_bytes));
+    OciProfileOptions profile;
+    if (runtime_ == OciRuntime::kRunsc) profile.runtime_host_pids = kGvisorRuntimeHostPids;
+    MARK("lethe");
+    TRY(WriteOciBundle(bundle, spec, profile));
+    MARK("bundle");
+
+    int to_agent[2], from_agent[2];
+    if (pipe2(to_agent, O_CLOEXEC) < 0) return FailErrno("pipe2");
+    UniqueFd agent_stdin(to_agent[0]);
+    to_agent_.Reset(to_agent[1]);
+    if (pipe2(from_agent, O_CLOEXEC) < 0) return FailErrno("pipe2");
+    from_agent_.Reset(from_agent[0]);
+    UniqueFd agent_stdout(from_agent[1]);
+    std::string log_path = dir_ + "/runtime.log";
+    UniqueFd log(open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+    if (!log) return FailErrno("creating " + log_path);
+
+    // On Lethe's tmpfs: runc writes it with O_SYNC, which costs milliseconds on a disk.
+    std::string pid_path = dir_ + "/layer/init.pid";
+    SpawnOptions options;
+    options.argv = RuntimePrefix(runtime_, config_);
+    for (const std::string& arg : {std::string("run"), std::string("--bundle"), bundle,
+                                   std::string("--pid-file"), pid_path, id_}) {
+      options.argv.push_back(arg);
+    }
+    options.fds = {{0, agent_stdin.Get()}, {1, agent_stdout.Get()}, {2, log.Get()}};
+    // Not die_with_parent: the owner supervises, and CleanupLeftovers handles its death.
+    options.new_session = getenv("NOSESS") == nullptr;
+    process_ = TRY(Spawn(options));
+    // Recorded for CleanupLeftovers: the runtime outlives a killed owner.
+    if (auto start = ProcessStartTime(process_.pid())) {
+      (void)WriteSmallFile(dir_ + "/runtime", FormatOwnerRecord({process_.pid(), *start}));
+    }
+    agent_stdin.Reset();
+    agent_stdout.Reset();
+    MARK("spawned");
+    runtime_pidfd_.Reset(PidfdOpen(process_.pid()));  // our unreaped child: cannot be reused
+
+    // Up once the runtime wrote the init pid; an early exit is a startup error. inotify and
+    // the runtime's pidfd wake us exactly when either happens (this is on every run's path).
+    UniqueFd inotify(inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
+    if (inotify) {
+      inotify_add_watch(inotify.Get(), (dir_ + "/layer").c_str(), IN_CLOSE_WRITE | IN_MOVED_TO);
+    }
+    auto deadline = std::chrono::steady_clock::now() + kStartTimeout;
+    int pid = 0;
+    while (true) {
+      // runsc creates the file before writing it: wait for a whole number.
+      if (auto text = ReadSmallFile(pid_path, 64); text && !text->empty() && text->back() != ' ') {
+        int value = 0;
+        auto [ptr, ec] = std::from_chars(text->data(), text->data() + text->size(), value);
+        if (ec == std::errc() && value > 0) {
+          pid = value;
+          break;
+        }
+      }
+      auto exited = TRY(process_.TryWait());
+      if (exited) {
+        return Fail(ErrorCode::kFailedPrecondition,
+                    std::string(BinaryName(runtime_)) + " run exited early (" +
+                        exited->Describe() + "): " + LogTail(log_path));
+      }
+      if (std::chrono::steady_clock::now() > deadline) {
+        return Fail(ErrorCode::kTimeout, std::string(BinaryName(runtime_)) +
+                                             " run did not start the sandbox in time: " +
+                                             LogTail(log_path));
+      }
+      // The timeout also covers a missing inotify or pidfd (old kernels): then we poll.
+      pollfd fds[2] = {{inotify.Get(), POLLIN, 0}, {runtime_pidfd_.Get(), POLLIN, 0}};
+      int wait_ms = inotify && runtime_pidfd_ ? 100 : 2;
+      if (poll(fds, 2, wait_ms) > 0 && (fds[0].revents & POLLIN)) {
+        char events[4096];
+        while (read(inotify.Get(), events, sizeof events) > 0) {
+        }
+      }
+    }
+    MARK("pidfile");
+    if (pid > 0) init_pidfd_.Reset(PidfdOpen(pid));
+    return Ok();
+  }
+
+ private:
+  // Waits up to `timeout` for the runtime process to exit, then kills and reaps it.
+  void WaitRuntimeExit(milliseconds timeout) {
+    if (runtime_pidfd_ && timeout.count() > 0) {
+      pollfd fd{runtime_pidfd_.Get(), POLLIN, 0};
+      auto deadline = std::chrono::steady_clock::now() + timeout;
+      while (true) {
+        auto left = std::chrono::duration_cast<milliseconds>(deadline -
+                                                             std::chrono::steady_clock::now());
+        if (left.count() <= 0) break;
+        int ready = poll(&fd, 1, static_cast<int>(left.count()));
+        if (ready > 0 || (ready < 0 && errno != EINTR)) break;
+      }
+    }
+    bool timed_out = false;
+    (void)process_.WaitFor(runtime_pidfd_ ? milliseconds(0) : timeout, &timed_out);
+  }
+
+  OciRuntime runtime_;
+  RuntimeConfig config_;
+  std::string id_;
+  std::string dir_;
+  Subprocess process_;
+  UniqueFd runtime_pidfd_;
+  UniqueFd init_pidfd_;
+  UniqueFd to_agent_;
+  UniqueFd from_agent_;
+  Lethe lethe_;
+  bool created_dir_ = false;
+  bool destroyed_ = false;
+};
+
+class OciBackend : public Backend {
+ public:
+  OciBackend(OciRuntime runtime, RuntimeConfig config)
+      : runtime_(runtime), config_(std::move(config)) {}
+
+  std::string_view Name() const override { return BackendName(runtime_); }
+
+  Status CheckAvailable() const override {
+    std::string binary = BinaryName(runtime_);
+    if (FindExecutable(binary).empty()) {
+      return Fail(ErrorCode::kFailedPrecondition,
+                  binary + " not found: install it with `apt-get install " + binary + "`");
+    }
+    if (geteuid() != 0) {
+      return Fail(ErrorCode::kPermissionDenied,
+                  "the " + std::string(Name()) + " backend needs root (mounts, cgroups)");
+    }
+    std::string root(kCgroupRoot);
+    if (!Exists(root + "/cgroup.controllers") && !Exists(root + "/memory")) {
+      return Fail(ErrorCode::kFailedPrecondition,
+                  "no memory cgroup controller under " + root + ": limits cannot be enforced");
+    }
+    auto filesystems = ReadSmallFile("/proc/filesystems");
+    if (filesystems && filesystems->find("\toverlay\n") == std::string::npos &&
+        system("modprobe overlay >/dev/null 2>&1") != 0) {
+      return Fail(ErrorCode::kFailedPrecondition,
+                  "overlayfs is not available (Lethe needs it): modprobe overlay");
+    }
+    if (runtime_ == OciRuntime::kCrun && Exists(root + "/unified") &&
+        FindExecutable("unshare").empty()) {
+      return Fail(ErrorCode::kFailedPrecondition,
+                  "crun cannot use this hybrid cgroup host without unshare (util-linux) to hide "
+                  "/sys/fs/cgroup/unified");
+    }
+    if (runtime_ == OciRuntime::kRunsc && config_.gvisor_platform == "kvm") {
+      if (!Exists("/dev/kvm")) {
+        return Fail(ErrorCode::kFailedPrecondition,
+                    "runsc --platform=kvm needs /dev/kvm; use gvisor_platform=ptrace");
+      }
+      if (Exists("/sys/module/kvm_pvm")) {
+        return Fail(ErrorCode::kFailedPrecondition,
+                    "runsc --platform=kvm does not run on KVM-PVM hosts (no VMX/SVM); use "
+                    "gvisor_platform=ptrace");
+      }
+    }
+    return Ok();
+  }
+
+  Result<std::unique_ptr<Sandbox>> Start(const SandboxSpec& spec) override {
+    TRY(ValidateSandboxId(spec.id));
+    if (spec.rootfs.empty() || spec.rootfs[0] != '/') {
+      return Fail(ErrorCode::kInvalidArgument, "rootfs must be an absolute path: " + spec.rootfs);
+    }
+    if (!Exists(spec.agent_path)) {
+      return Fail(ErrorCode::kNotFound, "guest agent not found: " + spec.agent_path);
+    }
+    TRY(MakeDirs(SandboxesDir(config_)));
+    auto sandbox = std::make_unique<OciSandbox>(runtime_, config_, spec.id);
+    auto started = sandbox->Start(spec);
+    if (!started) {
+      // Destroy() leaves a dir it did not create (a sandbox with the same id) alone.
+      auto destroyed = sandbox->Destroy();
+      if (!destroyed) {
+        return Fail(started.error().Context("starting sandbox " + spec.id + " (cleanup: " +
+                                            destroyed.error().message + ")"));
+      }
+      return Fail(started.error().Context("starting sandbox " + spec.id));
+    }
+    return std::unique_ptr<Sandbox>(std::move(sandbox));
+  }
+
+ private:
+  OciRuntime runtime_;
+  RuntimeConfig config_;
+};
+
+}  // namespace
+
+std::string RuntimeStateDir(const RuntimeConfig& config) { return config.state_dir + "/runtime"; }
+std::string SandboxesDir(const RuntimeConfig& config) {
+  return RuntimeStateDir(config) + "/sandboxes";
+}
+std::string SandboxDir(const RuntimeConfig& config, std::string_view id) {
+  return SandboxesDir(config) + "/" + std::string(id);
+}
+std::string OciRootDir(const RuntimeConfig& config, OciRuntime runtime) {
+  return RuntimeStateDir(config) + "/" + BinaryName(runtime);
+}
+
+std::unique_ptr<Backend> MakeOciBackend(OciRuntime runtime, const RuntimeConfig& config) {
+  return std::make_unique<OciBackend>(runtime, config);
+}
+
+Status TeardownSandboxState(const RuntimeConfig& config, std::string_view id) {
+  TRY(ValidateSandboxId(id));
+  std::string dir = SandboxDir(config, id);
+  Status first = Ok();
+  auto step = [&first](Status status) {
+    if (!status && first) first = std::move(status);
+  };
+  for (OciRuntime runtime : {OciRuntime::kRunc, OciRuntime::kRunsc, OciRuntime::kCrun}) {
+    step(DeleteContainer(config, runtime, id));
+  }
+  // The foreground runtime process of the dead owner, if it has not exited by itself.
+  if (auto text = ReadSmallFile(dir + "/runtime", 256)) {
+    auto runtime = ParseOwnerRecord(*text);
+    if (runtime && OwnerAlive(*runtime)) kill(runtime->pid, SIGKILL);
+  }
+  // Whatever still runs in the sandbox's cgroup (the runtime's state may have been lost).
+  KillCgroupProcesses(CgroupDirsForPath(std::string(kCgroupRoot), CgroupsPathFor(id)));
+  step(Lethe::Teardown(dir + "/layer", dir + "/bundle/rootfs"));
+  step(RemoveCgroupPath(std::string(kCgroupRoot), CgroupsPathFor(id)));
+  if (first) step(RemoveSandboxFiles(dir));
+  return first;
+}
+
+Result<std::unique_ptr<Backend>> MakeBackend(std::string_view name, const RuntimeConfig& config) {
+  if (config.state_dir.empty() || config.state_dir[0] != '/') {
+    return Fail(ErrorCode::kInvalidArgument, "runtime state dir must be an absolute path");
+  }
+  if (name == "container") return MakeOciBackend(OciRuntime::kRunc, config);
+  if (name == "container-crun") return MakeOciBackend(OciRuntime::kCrun, config);
+  if (name == "gvisor") return MakeOciBackend(OciRuntime::kRunsc, config);
+  return Fail(ErrorCode::kInvalidArgument,
+              "unknown backend \"" + std::string(name) +
+                  "\": expected container, container-crun or gvisor");
+}
+
+std::vector<std::string> BackendNames() { return {"container", "container-crun", "gvisor"}; }
+
+Result<std::vector<std::string>> CleanupLeftovers(const RuntimeConfig& config) {
+  std::vector<std::string> cleaned;
+  std::string dir_path = SandboxesDir(config);
+  DIR* dir = opendir(dir_path.c_str());
+  if (!dir) {
+    if (errno == ENOENT) return cleaned;
+    return FailErrno("opendir " + dir_path);
+  }
+  std::vector<std::string> ids;
+  while (dirent* entry = readdir(dir)) {
+    std::string name = entry->d_name;
+    if (name == "." || name == ".." || !ValidateSandboxId(name)) continue;
+    ids.push_back(name);
+  }
+  closedir(dir);
+  std::string errors;
+  for (const auto& id : ids) {
+    std::string owner_path = SandboxDir(config, id) + "/owner";
+    auto text = ReadSmallFile(owner_path, 256);
+    if (text) {
+      auto owner = ParseOwnerRecord(*text);
+      if (owner && OwnerAlive(*owner)) continue;
+    } else {
+      // No owner file yet: a Start may be between mkdir and writing it. Leave young dirs.
+      struct stat st;
+      if (stat(SandboxDir(config, id).c_str(), &st) < 0) continue;
+      if (time(nullptr) - st.st_mtime < 60) continue;
+    }
+    auto torn_down = TeardownSandboxState(config, id);
+    if (!torn_down) {
+      errors += (errors.empty() ? "" : "; ") + id + ": " + torn_down.error().message;
+      continue;
+    }
+    cleaned.push_back(id);
+  }
+  if (!errors.empty()) return Fail(ErrorCode::kIo, "cleaning up leftover sandboxes: " + errors);
+  return cleaned;
+}
+
+}  // namespace tartarus::runtime
