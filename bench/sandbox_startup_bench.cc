@@ -52,8 +52,10 @@ std::vector<Stats> Measure(const std::vector<std::vector<std::string>>& commands
     for (size_t i = 0; i < commands.size(); ++i) {
       bool ok;
       double ms = RunOnceMs(commands[i], &ok);
-      if (ok) samples[i].push_back(ms);
-      else stats[i].failures++;
+      if (ok)
+        samples[i].push_back(ms);
+      else
+        stats[i].failures++;
     }
   }
   for (size_t i = 0; i < commands.size(); ++i) {
@@ -111,7 +113,8 @@ std::vector<std::string> Runc(const std::string& runtime, const std::string& bun
 
 void Row(const char* name, const Stats& ours, const Stats& peer) {
   std::printf("| %s | %.1f | %.1f | %.1f | %.1f | %.2f |\n", name, ours.median_ms, ours.p95_ms,
-              peer.median_ms, peer.p95_ms, peer.median_ms > 0 ? ours.median_ms / peer.median_ms : 0);
+              peer.median_ms, peer.p95_ms,
+              peer.median_ms > 0 ? ours.median_ms / peer.median_ms : 0);
 }
 
 }  // namespace
@@ -122,9 +125,12 @@ int main(int argc, char** argv) {
   std::string state_dir = "/var/lib/tartarus";
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string flag = argv[i];
-    if (flag == "--runs") runs = std::stoi(argv[i + 1]);
-    else if (flag == "--seconds") seconds = std::stod(argv[i + 1]);
-    else if (flag == "--state-dir") state_dir = argv[i + 1];
+    if (flag == "--runs")
+      runs = std::stoi(argv[i + 1]);
+    else if (flag == "--seconds")
+      seconds = std::stod(argv[i + 1]);
+    else if (flag == "--state-dir")
+      state_dir = argv[i + 1];
   }
   if (geteuid() != 0) {
     std::fprintf(stderr, "skipped: the benchmark needs root\n");
@@ -142,8 +148,8 @@ int main(int argc, char** argv) {
       MakeBundle(tmp + "/py", pyds, {"python3", "-c", "print('Hello from the Underworld')"});
   auto tartarus = [&](const std::string& runtime, const std::string& tpl,
                       std::vector<std::string> cmd) {
-    std::vector<std::string> argv = {TARTARUS_BIN, "--state-dir", state_dir, "run", "--rm", "-q",
-                                     "--runtime", runtime, "--template", tpl, "--"};
+    std::vector<std::string> argv = {TARTARUS_BIN, "--state-dir", state_dir,    "run", "--rm", "-q",
+                                     "--runtime",  runtime,       "--template", tpl,   "--"};
     argv.insert(argv.end(), cmd.begin(), cmd.end());
     return argv;
   };

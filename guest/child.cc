@@ -142,7 +142,13 @@ void DropPrivileges(const Credentials& credentials) {
     unsigned long bits = SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_NO_SETUID_FIXUP |
                          SECBIT_NO_SETUID_FIXUP_LOCKED | SECBIT_KEEP_CAPS_LOCKED |
                          SECBIT_NO_CAP_AMBIENT_RAISE | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED;
-    if (prctl(PR_SET_SECUREBITS, bits, 0, 0, 0) < 0) {
+    unsigned long core_bits = SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_NO_SETUID_FIXUP |
+                              SECBIT_NO_SETUID_FIXUP_LOCKED | SECBIT_KEEP_CAPS_LOCKED;
+    // gVisor rejects the ambient bits, and some securebits altogether (EINVAL). The empty
+    // bounding set above already keeps uid 0 from gaining anything on exec, so an
+    // unsupported securebit is not a reason to refuse the command; any other error is.
+    if (prctl(PR_SET_SECUREBITS, bits, 0, 0, 0) < 0 &&
+        prctl(PR_SET_SECUREBITS, core_bits, 0, 0, 0) < 0 && errno != EINVAL) {
       Die(126, "cannot set securebits", std::strerror(errno));
     }
   }

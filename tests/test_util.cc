@@ -1,4 +1,4 @@
-#include "tests/test_util.h"
+#include "test_util.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -81,7 +81,9 @@ std::string Sha256Hex(const std::string& data) {
 
 std::string SkipReason(const std::string& runtime, const std::string& template_name) {
   if (geteuid() != 0) return "skipped: sandboxes need root";
-  std::string binary = runtime == "gvisor" ? "runsc" : runtime == "container-crun" ? "crun" : "runc";
+  std::string binary = runtime == "gvisor"           ? "runsc"
+                       : runtime == "container-crun" ? "crun"
+                                                     : "runc";
   if (FindExecutable(binary).empty()) return "skipped: " + binary + " is not installed";
   (void)template_name;
   return "";
@@ -94,10 +96,11 @@ std::vector<std::string> Leftovers(const std::string& state_dir, const std::stri
   for (std::string line; std::getline(mounts, line);) {
     if (line.find(id) != std::string::npos) found.push_back("mount: " + line);
   }
-  const char* cgroup_roots[] = {"cpu",     "cpuacct", "cpuset", "memory", "devices",
-                                "freezer", "blkio",   "pids",   "systemd", "unified", ""};
+  const char* cgroup_roots[] = {"cpu",   "cpuacct", "cpuset",  "memory",  "devices", "freezer",
+                                "blkio", "pids",    "systemd", "unified", ""};
   for (const char* root : cgroup_roots) {
-    std::string path = std::string("/sys/fs/cgroup/") + root + (*root ? "/" : "") + "tartarus/" + id;
+    std::string path =
+        std::string("/sys/fs/cgroup/") + root + (*root ? "/" : "") + "tartarus/" + id;
     if (access(path.c_str(), F_OK) == 0) found.push_back("cgroup: " + path);
   }
   DIR* proc = opendir("/proc");

@@ -50,8 +50,9 @@ Result<std::vector<std::string>> ParseEnv(const std::vector<std::string>& entrie
     for (char c : key) valid = valid && (isalnum(static_cast<unsigned char>(c)) || c == '_');
     if (!valid) {
       return Fail(ErrorCode::kInvalidArgument,
-                  "invalid --env '" + entry + "': expected KEY=VALUE with KEY made of letters, "
-                  "digits and '_'");
+                  "invalid --env '" + entry +
+                      "': expected KEY=VALUE with KEY made of letters, "
+                      "digits and '_'");
     }
     if (eq == std::string::npos) {
       const char* value = getenv(key.c_str());
@@ -120,9 +121,8 @@ Result<node::RunRequest> ToRequest(const RunFlags& flags) {
 }
 
 int ExitCodeOf(const node::SandboxRecord& record) {
-  if (record.exit_code) return *record.exit_code;
   if (!record.error.empty()) std::fprintf(stderr, "tartarus: %s\n", record.error.c_str());
-  return kTartarusFailure;
+  return record.exit_code ? *record.exit_code : kTartarusFailure;
 }
 
 void AddRunCommand(CLI::App& app, GlobalOptions& global, int& exit_code) {

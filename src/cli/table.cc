@@ -47,9 +47,12 @@ std::string QuoteCommand(const std::vector<std::string>& argv, size_t max_chars)
     } else {
       out += '\'';
       for (char c : arg) {
-        if (c == '\'') out += "'\\''";
-        else if (c == '\n') out += "\\n";
-        else out += c;
+        if (c == '\'')
+          out += "'\\''";
+        else if (c == '\n')
+          out += "\\n";
+        else
+          out += c;
       }
       out += '\'';
     }

@@ -38,8 +38,8 @@ std::string Date(int64_t unix_s) {
 }  // namespace
 
 void AddTemplateCommands(CLI::App& app, GlobalOptions& global, int& exit_code) {
-  CLI::App* group = app.add_subcommand(
-      "template", "Build and manage templates (root filesystems with defaults)");
+  CLI::App* group =
+      app.add_subcommand("template", "Build and manage templates (root filesystems with defaults)");
   group->require_subcommand(1);
   group->footer(
       "\nA template is a YAML file (docs/templates.md). Shipped: base, python-ds.\n"
@@ -65,8 +65,8 @@ void AddTemplateCommands(CLI::App& app, GlobalOptions& global, int& exit_code) {
         continue;
       }
       std::fprintf(stderr, "%s: %s (%s, %s)\n", built->name.c_str(),
-                   built->built_now ? "built" : "up to date", FormatBytes(built->size_bytes).c_str(),
-                   built->rootfs.c_str());
+                   built->built_now ? "built" : "up to date",
+                   FormatBytes(built->size_bytes).c_str(), built->rootfs.c_str());
     }
   });
 

@@ -62,9 +62,9 @@ inline Status Ok() { return {}; }
 }  // namespace tartarus
 
 // Propagates an error from a Result-returning expression; otherwise yields its value.
-#define TRY(expr)                                                 \
-  ({                                                              \
-    auto&& try_result_ = (expr);                                  \
+#define TRY(expr)                                                   \
+  ({                                                                \
+    auto&& try_result_ = (expr);                                    \
     if (!try_result_) return ::tartarus::Fail(try_result_.error()); \
-    std::move(try_result_).value();                               \
+    std::move(try_result_).value();                                 \
   })

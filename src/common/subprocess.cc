@@ -214,12 +214,12 @@ Result<CommandOutput> RunCommand(const std::vector<std::string>& argv,
     }
   }
   bool timed_out = false;
-  auto status = child->WaitFor(std::chrono::milliseconds(out_open || err_open ? 0 : 1000 * 60),
-                               &timed_out);
+  auto status =
+      child->WaitFor(std::chrono::milliseconds(out_open || err_open ? 0 : 1000 * 60), &timed_out);
   if (!status) return Fail(status.error());
   if (timed_out || out_open || err_open) {
-    return Fail(ErrorCode::kTimeout, argv[0] + " did not finish within " +
-                                         std::to_string(timeout.count()) + " ms");
+    return Fail(ErrorCode::kTimeout,
+                argv[0] + " did not finish within " + std::to_string(timeout.count()) + " ms");
   }
   result.status = *status;
   return result;

@@ -24,7 +24,7 @@ struct ExitStatus {
 };
 
 struct SpawnOptions {
-  std::vector<std::string> argv;  // argv[0] is looked up in PATH when it has no '/'
+  std::vector<std::string> argv;                // argv[0] is looked up in PATH when it has no '/'
   std::optional<std::vector<std::string>> env;  // nullopt: inherit ours
   std::string cwd;                              // empty: inherit ours
   // Child fd -> parent fd to install there; -1 installs /dev/null. Fds 0-2 not listed are

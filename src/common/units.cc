@@ -24,8 +24,8 @@ Result<std::pair<double, std::string>> SplitNumber(std::string_view text, std::s
     }
   }
   if (!digits || i > 18) {
-    return Fail(ErrorCode::kInvalidArgument,
-                "invalid " + std::string(what) + " '" + s + "': expected a number with an optional unit");
+    return Fail(ErrorCode::kInvalidArgument, "invalid " + std::string(what) + " '" + s +
+                                                 "': expected a number with an optional unit");
   }
   return std::pair<double, std::string>(std::stod(s.substr(0, i)), s.substr(i));
 }
@@ -41,15 +41,20 @@ Result<uint64_t> ParseBytes(std::string_view text) {
   auto [number, unit] = TRY(SplitNumber(text, "size"));
   std::string u = Lower(unit);
   double scale;
-  if (u.empty() || u == "b") scale = 1;
-  else if (u == "k" || u == "kb" || u == "ki" || u == "kib") scale = 1024.0;
-  else if (u == "m" || u == "mb" || u == "mi" || u == "mib") scale = 1024.0 * 1024;
-  else if (u == "g" || u == "gb" || u == "gi" || u == "gib") scale = 1024.0 * 1024 * 1024;
-  else if (u == "t" || u == "tb" || u == "ti" || u == "tib") scale = 1024.0 * 1024 * 1024 * 1024;
+  if (u.empty() || u == "b")
+    scale = 1;
+  else if (u == "k" || u == "kb" || u == "ki" || u == "kib")
+    scale = 1024.0;
+  else if (u == "m" || u == "mb" || u == "mi" || u == "mib")
+    scale = 1024.0 * 1024;
+  else if (u == "g" || u == "gb" || u == "gi" || u == "gib")
+    scale = 1024.0 * 1024 * 1024;
+  else if (u == "t" || u == "tb" || u == "ti" || u == "tib")
+    scale = 1024.0 * 1024 * 1024 * 1024;
   else {
-    return Fail(ErrorCode::kInvalidArgument,
-                "invalid size '" + std::string(text) + "': unknown unit '" + unit +
-                    "' (use K, M, G or T, for example 512M)");
+    return Fail(ErrorCode::kInvalidArgument, "invalid size '" + std::string(text) +
+                                                 "': unknown unit '" + unit +
+                                                 "' (use K, M, G or T, for example 512M)");
   }
   double bytes = number * scale;
   if (bytes >= 1.8e19) {
@@ -62,14 +67,18 @@ Result<std::chrono::milliseconds> ParseDuration(std::string_view text) {
   auto [number, unit] = TRY(SplitNumber(text, "duration"));
   std::string u = Lower(unit);
   double scale_ms;
-  if (u == "ms") scale_ms = 1;
-  else if (u.empty() || u == "s") scale_ms = 1000;
-  else if (u == "m" || u == "min") scale_ms = 60'000;
-  else if (u == "h") scale_ms = 3'600'000;
+  if (u == "ms")
+    scale_ms = 1;
+  else if (u.empty() || u == "s")
+    scale_ms = 1000;
+  else if (u == "m" || u == "min")
+    scale_ms = 60'000;
+  else if (u == "h")
+    scale_ms = 3'600'000;
   else {
-    return Fail(ErrorCode::kInvalidArgument,
-                "invalid duration '" + std::string(text) + "': unknown unit '" + unit +
-                    "' (use ms, s, m or h, for example 30s)");
+    return Fail(ErrorCode::kInvalidArgument, "invalid duration '" + std::string(text) +
+                                                 "': unknown unit '" + unit +
+                                                 "' (use ms, s, m or h, for example 30s)");
   }
   double ms = number * scale_ms;
   if (ms > 365.0 * 24 * 3'600'000) {
@@ -82,8 +91,8 @@ Result<std::chrono::milliseconds> ParseDuration(std::string_view text) {
 Result<uint32_t> ParseMilliCpus(std::string_view text) {
   auto [number, unit] = TRY(SplitNumber(text, "CPU count"));
   if (!unit.empty()) {
-    return Fail(ErrorCode::kInvalidArgument,
-                "invalid CPU count '" + std::string(text) + "': expected a number such as 1 or 0.5");
+    return Fail(ErrorCode::kInvalidArgument, "invalid CPU count '" + std::string(text) +
+                                                 "': expected a number such as 1 or 0.5");
   }
   double milli = std::round(number * 1000);
   if (milli < 10 || milli > 1'024'000) {

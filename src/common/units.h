@@ -17,8 +17,8 @@ Result<std::chrono::milliseconds> ParseDuration(std::string_view text);
 // "1", "0.5", "2.25" -> millicpus (1000 = one CPU).
 Result<uint32_t> ParseMilliCpus(std::string_view text);
 
-std::string FormatBytes(uint64_t bytes);             // 536870912 -> "512M"
+std::string FormatBytes(uint64_t bytes);                // 536870912 -> "512M"
 std::string FormatDuration(std::chrono::milliseconds);  // 90000 -> "1m30s"
-std::string FormatMilliCpus(uint32_t millicpus);     // 1500 -> "1.5"
+std::string FormatMilliCpus(uint32_t millicpus);        // 1500 -> "1.5"
 
 }  // namespace tartarus

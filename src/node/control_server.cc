@@ -166,17 +166,18 @@ void ControlServer::Serve(std::shared_ptr<Connection> c) {
         c->upstream_of[client_id] = upstream_id;
         if (std::holds_alternative<ExecStart>(frame->message)) c->running_execs.insert(upstream_id);
         std::weak_ptr<Connection> weak = c;
-        upstream_.RegisterHandler(upstream_id, [this, weak, client_id, upstream_id](const Frame& f) {
-          auto conn = weak.lock();
-          if (!conn) return;
-          if (EndsRequest(f.message)) {
-            std::lock_guard lock(conn->ids_mutex);
-            conn->upstream_of.erase(client_id);
-            conn->running_execs.erase(upstream_id);
-            upstream_.UnregisterHandler(upstream_id);
-          }
-          conn->Reply(Frame{client_id, f.message});
-        });
+        upstream_.RegisterHandler(upstream_id,
+                                  [this, weak, client_id, upstream_id](const Frame& f) {
+                                    auto conn = weak.lock();
+                                    if (!conn) return;
+                                    if (EndsRequest(f.message)) {
+                                      std::lock_guard lock(conn->ids_mutex);
+                                      conn->upstream_of.erase(client_id);
+                                      conn->running_execs.erase(upstream_id);
+                                      upstream_.UnregisterHandler(upstream_id);
+                                    }
+                                    conn->Reply(Frame{client_id, f.message});
+                                  });
       } else {
         if (it == c->upstream_of.end()) {
           c->ReplyError(client_id, ErrorKind::kUnknownId, "no request with this id");

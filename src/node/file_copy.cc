@@ -29,7 +29,8 @@ void Note(const std::function<void(const std::string&)>& progress, const std::st
   if (progress) progress(line);
 }
 
-Status CopyInTree(protocol::AgentClient& client, const std::string& local, const std::string& remote,
+Status CopyInTree(protocol::AgentClient& client, const std::string& local,
+                  const std::string& remote,
                   const std::function<void(const std::string&)>& progress, int depth) {
   struct stat st;
   if (lstat(local.c_str(), &st) < 0) return FailErrno(local);
@@ -100,7 +101,8 @@ Status CopyIn(protocol::AgentClient& client, const std::string& local_path,
   if (stat(local_path.c_str(), &st) < 0) return FailErrno(local_path);
   std::string target = remote_path;
   auto remote = client.Stat(remote_path);
-  if (remote && remote->type == FileType::kDirectory) target = Join(remote_path, BaseName(local_path));
+  if (remote && remote->type == FileType::kDirectory)
+    target = Join(remote_path, BaseName(local_path));
   return CopyInTree(client, local_path, target, progress, 0);
 }
 

@@ -14,8 +14,10 @@ namespace tartarus::node {
 // takes the destination's name. Regular files and directories are copied with their
 // permission bits; symbolic links and special files are skipped (and reported).
 Status CopyIn(protocol::AgentClient& client, const std::string& local_path,
-              const std::string& remote_path, const std::function<void(const std::string&)>& progress);
+              const std::string& remote_path,
+              const std::function<void(const std::string&)>& progress);
 Status CopyOut(protocol::AgentClient& client, const std::string& remote_path,
-               const std::string& local_path, const std::function<void(const std::string&)>& progress);
+               const std::string& local_path,
+               const std::function<void(const std::string&)>& progress);
 
 }  // namespace tartarus::node

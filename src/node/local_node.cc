@@ -47,9 +47,8 @@ std::vector<std::string> MergeEnv(std::vector<std::string> base,
 
 Result<UniqueFd> ConnectControl(const SandboxStore& store, const SandboxRecord& record) {
   if (record.state != SandboxState::kRunning) {
-    return Fail(ErrorCode::kFailedPrecondition,
-                "sandbox " + record.id + " is not running (" + std::string(StateName(record.state)) +
-                    ")");
+    return Fail(ErrorCode::kFailedPrecondition, "sandbox " + record.id + " is not running (" +
+                                                    std::string(StateName(record.state)) + ")");
   }
   std::string path = store.ControlSocket(record.id);
   sockaddr_un addr{};
@@ -61,9 +60,9 @@ Result<UniqueFd> ConnectControl(const SandboxStore& store, const SandboxRecord& 
   UniqueFd fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!fd) return FailErrno("socket");
   if (connect(fd.Get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) {
-    return Fail(ErrorCode::kFailedPrecondition,
-                "sandbox " + record.id + " is not reachable (its supervisor is gone): " +
-                    strerror(errno));
+    return Fail(
+        ErrorCode::kFailedPrecondition,
+        "sandbox " + record.id + " is not reachable (its supervisor is gone): " + strerror(errno));
   }
   return fd;
 }
@@ -136,8 +135,8 @@ Result<templates::BuiltTemplate> EnsureTemplate(const NodeConfig& config, const 
 Result<Prepared> Prepare(const NodeConfig& config, const RunRequest& request,
                          const ProgressFn& progress) {
   if (access(config.agent_path.c_str(), X_OK) != 0) {
-    return Fail(ErrorCode::kFailedPrecondition,
-                "guest agent not found at " + config.agent_path + ": build it (cmake --build build)");
+    return Fail(ErrorCode::kFailedPrecondition, "guest agent not found at " + config.agent_path +
+                                                    ": build it (cmake --build build)");
   }
   Prepared p;
   p.backend = TRY(CheckedBackend(config, request.runtime));
@@ -215,8 +214,15 @@ Result<std::string> LocalNode::RunDetached(const RunRequest& request, ProgressFn
   UniqueFd log(open((store_.Dir(p.record.id) + "/supervisor.log").c_str(),
                     O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
   SpawnOptions options;
-  options.argv = {config_.self_path, "--state-dir", config_.state_dir, "--gvisor-platform",
-                  config_.gvisor_platform, "__supervise", p.record.id, "--ready-fd", "3"};
+  options.argv = {config_.self_path,
+                  "--state-dir",
+                  config_.state_dir,
+                  "--gvisor-platform",
+                  config_.gvisor_platform,
+                  "__supervise",
+                  p.record.id,
+                  "--ready-fd",
+                  "3"};
   options.fds = {{0, -1}, {1, -1}, {2, log.Get()}, {3, ready_write.Get()}};
   options.new_session = true;
   auto child = Spawn(options);
@@ -347,9 +353,8 @@ Result<int> LocalNode::Exec(std::string_view id, const std::vector<std::string>&
 Status LocalNode::Kill(std::string_view id) {
   SandboxRecord record = TRY(Inspect(id));
   if (record.state != SandboxState::kRunning && record.state != SandboxState::kCreating) {
-    return Fail(ErrorCode::kFailedPrecondition,
-                "sandbox " + record.id + " is not running (" +
-                    std::string(StateName(record.state)) + ")");
+    return Fail(ErrorCode::kFailedPrecondition, "sandbox " + record.id + " is not running (" +
+                                                    std::string(StateName(record.state)) + ")");
   }
   auto client = ConnectClient(store_, record);
   if (!client) {
@@ -357,14 +362,16 @@ Status LocalNode::Kill(std::string_view id) {
     Reconcile();
     return Ok();
   }
-  TRY((*client)->Shutdown());
-  // The supervisor records the end as it tears down; wait for that (briefly).
-  for (int i = 0; i < 200; ++i) {
+  // The supervisor may close the socket before its answer gets out: what counts is that
+  // the record reaches a final state.
+  auto asked = (*client)->Shutdown();
+  for (int i = 0; i < 400; ++i) {
     auto now = store_.Load(record.id);
-    if (!now || IsFinal(now->state)) break;
+    if (!now || IsFinal(now->state)) return Ok();
     std::this_thread::sleep_for(std::chrono::milliseconds(25));
   }
-  return Ok();
+  if (!asked) return Fail(asked.error().Context("killing sandbox " + record.id));
+  return Fail(ErrorCode::kTimeout, "sandbox " + record.id + " did not stop within 10s");
 }
 
 Status LocalNode::Remove(std::string_view id, bool force) {

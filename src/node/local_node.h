@@ -20,9 +20,9 @@ namespace tartarus::node {
 
 struct NodeConfig {
   std::string state_dir = "/var/lib/tartarus";
-  std::string agent_path;                    // the static guest agent binary
-  std::string self_path;                     // the tartarus binary (to spawn supervisors)
-  std::vector<std::string> template_dirs;    // where <name>.yaml templates are found
+  std::string agent_path;                  // the static guest agent binary
+  std::string self_path;                   // the tartarus binary (to spawn supervisors)
+  std::vector<std::string> template_dirs;  // where <name>.yaml templates are found
   std::string gvisor_platform = "ptrace";
 };
 

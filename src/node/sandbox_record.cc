@@ -93,7 +93,8 @@ Result<SandboxRecord> RecordFromJson(const std::string& text) {
     r.created_ms = j.value("created_ms", int64_t{0});
     r.started_ms = j.value("started_ms", int64_t{0});
     r.finished_ms = j.value("finished_ms", int64_t{0});
-    if (j.contains("exit_code") && !j["exit_code"].is_null()) r.exit_code = j["exit_code"].get<int>();
+    if (j.contains("exit_code") && !j["exit_code"].is_null())
+      r.exit_code = j["exit_code"].get<int>();
     r.signal = j.value("signal", 0);
     r.timed_out = j.value("timed_out", false);
     r.error = j.value("error", "");

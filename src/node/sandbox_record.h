@@ -27,7 +27,9 @@ enum class SandboxState {
 
 std::string_view StateName(SandboxState state);
 Result<SandboxState> ParseState(std::string_view name);
-inline bool IsFinal(SandboxState s) { return s != SandboxState::kCreating && s != SandboxState::kRunning; }
+inline bool IsFinal(SandboxState s) {
+  return s != SandboxState::kCreating && s != SandboxState::kRunning;
+}
 
 struct SandboxRecord {
   std::string id;

@@ -67,9 +67,8 @@ Result<std::string> SandboxStore::Resolve(std::string_view id_or_prefix) const {
   if (id_or_prefix.empty()) return Fail(ErrorCode::kInvalidArgument, "empty sandbox id");
   for (char c : id_or_prefix) {
     if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) {
-      return Fail(ErrorCode::kInvalidArgument,
-                  "invalid sandbox id '" + std::string(id_or_prefix) +
-                      "': ids are lowercase hex (see `tartarus ps`)");
+      return Fail(ErrorCode::kInvalidArgument, "invalid sandbox id '" + std::string(id_or_prefix) +
+                                                   "': ids are lowercase hex (see `tartarus ps`)");
     }
   }
   std::vector<std::string> matches;

@@ -28,8 +28,8 @@ void AppendCapped(int fd, uint64_t& written, std::string_view data) {
   if (!part.empty()) (void)protocol::WriteAll(fd, part);
   written += part.size();
   if (part.size() < data.size()) {
-    (void)protocol::WriteAll(fd, "\n[tartarus: log truncated at " + FormatBytes(kMaxLogBytes) +
-                                     "]\n");
+    (void)protocol::WriteAll(fd,
+                             "\n[tartarus: log truncated at " + FormatBytes(kMaxLogBytes) + "]\n");
     written = kMaxLogBytes + 1;
   }
 }
@@ -59,7 +59,8 @@ Status Supervisor::Start() {
   };
 
   auto sandbox = backend_.Start(launch_.spec);
-  if (!sandbox) return fail(sandbox.error().Context("starting the " + record_.runtime + " sandbox"));
+  if (!sandbox)
+    return fail(sandbox.error().Context("starting the " + record_.runtime + " sandbox"));
   {
     std::lock_guard lock(destroy_mutex_);
     sandbox_ = std::move(*sandbox);
@@ -97,7 +98,8 @@ Status Supervisor::Start() {
   }
   (void)store_.Save(record_);
 
-  if (launch_.stdin_fd >= 0) stdin_pump_ = std::make_unique<StdinPump>(launch_.stdin_fd, *main_exec_);
+  if (launch_.stdin_fd >= 0)
+    stdin_pump_ = std::make_unique<StdinPump>(launch_.stdin_fd, *main_exec_);
   if (record_.timeout_ms > 0) {
     watchdog_ = std::thread([this] {
       std::unique_lock lock(mutex_);
@@ -155,6 +157,12 @@ SandboxRecord Supervisor::Wait() {
       record_.error = "out of memory: the sandbox hit its memory limit of " +
                       FormatBytes(record_.limits.memory_bytes);
     }
+  } else if (record_.usage.oom_killed) {  // gVisor: the limit ends the whole sandbox
+    record_.state = SandboxState::kExited;
+    record_.signal = SIGKILL;
+    record_.exit_code = 128 + SIGKILL;
+    record_.error = "out of memory: the sandbox hit its memory limit of " +
+                    FormatBytes(record_.limits.memory_bytes);
   } else {
     record_.state = SandboxState::kFailed;
     record_.error = exit.error().message;

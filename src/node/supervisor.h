@@ -63,7 +63,7 @@ class Supervisor {
   UniqueFd stdout_log_, stderr_log_;
   uint64_t stdout_logged_ = 0, stderr_logged_ = 0;
 
-  std::mutex mutex_;  // guards the kill and finish state below
+  std::mutex mutex_;          // guards the kill and finish state below
   std::mutex destroy_mutex_;  // guards sandbox_ against a concurrent Kill()
   std::condition_variable killed_cv_;
   bool killed_ = false;

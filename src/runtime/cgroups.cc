@@ -7,8 +7,8 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstring>
 #include <charconv>
+#include <cstring>
 #include <optional>
 #include <vector>
 
@@ -64,8 +64,7 @@ std::optional<uint64_t> ReadKey(const std::string& path, std::string_view key) {
     size_t end = view.find('\n');
     std::string_view line = view.substr(0, end);
     view = end == std::string_view::npos ? std::string_view() : view.substr(end + 1);
-    if (line.size() > key.size() && line.substr(0, key.size()) == key &&
-        line[key.size()] == ' ') {
+    if (line.size() > key.size() && line.substr(0, key.size()) == key && line[key.size()] == ' ') {
       std::string_view number = line.substr(key.size() + 1);
       uint64_t value = 0;
       auto [ptr, ec] = std::from_chars(number.data(), number.data() + number.size(), value);

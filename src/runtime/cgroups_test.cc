@@ -154,8 +154,8 @@ TEST_F(CgroupsTest, ProcCgroupTextMalformed) {
 }
 
 TEST_F(CgroupsTest, RemoveCgroupPathInEveryHierarchy) {
-  for (const char* dir : {"memory/tartarus/sbx", "pids/tartarus/sbx", "unified/tartarus/sbx",
-                          "cpu/tartarus/other"}) {
+  for (const char* dir :
+       {"memory/tartarus/sbx", "pids/tartarus/sbx", "unified/tartarus/sbx", "cpu/tartarus/other"}) {
     MakeDirs(dir);
   }
   ASSERT_TRUE(RemoveCgroupPath(root_, "/tartarus/sbx"));
@@ -164,7 +164,7 @@ TEST_F(CgroupsTest, RemoveCgroupPathInEveryHierarchy) {
   EXPECT_EQ(access((root_ + "/memory/tartarus").c_str(), F_OK), 0);
   EXPECT_EQ(access((root_ + "/cpu/tartarus/other").c_str(), F_OK), 0);
   EXPECT_TRUE(RemoveCgroupPath(root_, "/tartarus/sbx"));  // nothing left: fine
-  Write("pids/tartarus/busy/cgroup.procs", "1\n");  // a non-empty dir stands for "busy"
+  Write("pids/tartarus/busy/cgroup.procs", "1\n");        // a non-empty dir stands for "busy"
   EXPECT_FALSE(RemoveCgroupPath(root_, "/tartarus/busy"));
 }
 

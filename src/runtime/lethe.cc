@@ -67,10 +67,9 @@ Result<Lethe> Lethe::Create(const std::string& lower_dir, const std::string& lay
   }
   TRY(MakeDir(layer_dir + "/upper", 0755));
   TRY(MakeDir(layer_dir + "/work", 0700));
-  std::string overlay_options = "lowerdir=" + lower_dir + ",upperdir=" + layer_dir +
-                                "/upper,workdir=" + layer_dir + "/work";
-  if (mount("tartarus-lethe", root_dir.c_str(), "overlay", MS_NODEV, overlay_options.c_str()) <
-      0) {
+  std::string overlay_options =
+      "lowerdir=" + lower_dir + ",upperdir=" + layer_dir + "/upper,workdir=" + layer_dir + "/work";
+  if (mount("tartarus-lethe", root_dir.c_str(), "overlay", MS_NODEV, overlay_options.c_str()) < 0) {
     return FailErrno("mount overlay at " + root_dir);
   }
   return lethe;

@@ -52,22 +52,23 @@ constexpr int kEperm = EPERM;
 constexpr int kEnosys = ENOSYS;
 
 json MaskedEqRule(const std::string& name, uint64_t mask, uint64_t value, int errno_ret) {
-  return json{{"names", {name}},
-              {"action", "SCMP_ACT_ERRNO"},
-              {"errnoRet", errno_ret},
-              {"args", {{{"index", 0}, {"value", mask}, {"valueTwo", value},
-                         {"op", "SCMP_CMP_MASKED_EQ"}}}}};
+  return json{
+      {"names", {name}},
+      {"action", "SCMP_ACT_ERRNO"},
+      {"errnoRet", errno_ret},
+      {"args",
+       {{{"index", 0}, {"value", mask}, {"valueTwo", value}, {"op", "SCMP_CMP_MASKED_EQ"}}}}};
 }
 
 json SeccompProfile() {
   json syscalls = json::array();
-  syscalls.push_back(json{{"names", DeniedSyscalls()},
-                          {"action", "SCMP_ACT_ERRNO"},
-                          {"errnoRet", kEperm}});
+  syscalls.push_back(
+      json{{"names", DeniedSyscalls()}, {"action", "SCMP_ACT_ERRNO"}, {"errnoRet", kEperm}});
   // ENOSYS, not EPERM: libc then falls back to clone(), whose flags seccomp can see.
-  syscalls.push_back(json{{"names", {"clone3"}}, {"action", "SCMP_ACT_ERRNO"},
-                          {"errnoRet", kEnosys}});
-  for (uint64_t flag : kCloneNewFlags) syscalls.push_back(MaskedEqRule("clone", flag, flag, kEperm));
+  syscalls.push_back(
+      json{{"names", {"clone3"}}, {"action", "SCMP_ACT_ERRNO"}, {"errnoRet", kEnosys}});
+  for (uint64_t flag : kCloneNewFlags)
+    syscalls.push_back(MaskedEqRule("clone", flag, flag, kEperm));
   for (uint64_t flag : kPersonalityDenyFlags) {
     syscalls.push_back(MaskedEqRule("personality", flag | kPersonalityQueryBit, flag, kEperm));
   }
@@ -78,8 +79,8 @@ json SeccompProfile() {
 
 json Mount(const std::string& destination, const std::string& type, const std::string& source,
            std::vector<std::string> options) {
-  return json{{"destination", destination}, {"type", type}, {"source", source},
-              {"options", options}};
+  return json{
+      {"destination", destination}, {"type", type}, {"source", source}, {"options", options}};
 }
 
 }  // namespace
@@ -110,25 +111,74 @@ int64_t CpuQuotaUs(uint32_t millicpus) {
 const std::vector<std::string>& DeniedSyscalls() {
   static const std::vector<std::string> names = {
       // Mounts and the namespaces/filesystems they lead to.
-      "mount", "umount", "umount2", "pivot_root", "mount_setattr", "move_mount",
-      "open_tree", "fsopen", "fsconfig", "fsmount", "fspick", "setns", "unshare",
+      "mount",
+      "umount",
+      "umount2",
+      "pivot_root",
+      "mount_setattr",
+      "move_mount",
+      "open_tree",
+      "fsopen",
+      "fsconfig",
+      "fsmount",
+      "fspick",
+      "setns",
+      "unshare",
       // The kernel itself: modules, kexec, reboot, swap, accounting, quotas, logs.
-      "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
-      "create_module", "get_kernel_syms", "query_module", "reboot", "swapon", "swapoff",
-      "acct", "quotactl", "quotactl_fd", "syslog", "lookup_dcookie", "nfsservctl", "_sysctl",
-      "sysfs", "ustat", "uselib",
+      "kexec_load",
+      "kexec_file_load",
+      "init_module",
+      "finit_module",
+      "delete_module",
+      "create_module",
+      "get_kernel_syms",
+      "query_module",
+      "reboot",
+      "swapon",
+      "swapoff",
+      "acct",
+      "quotactl",
+      "quotactl_fd",
+      "syslog",
+      "lookup_dcookie",
+      "nfsservctl",
+      "_sysctl",
+      "sysfs",
+      "ustat",
+      "uselib",
       // Large attack surfaces sandboxed code has no need for.
-      "bpf", "perf_event_open", "userfaultfd", "keyctl", "add_key", "request_key",
-      "io_uring_setup", "io_uring_enter", "io_uring_register", "fanotify_init",
+      "bpf",
+      "perf_event_open",
+      "userfaultfd",
+      "keyctl",
+      "add_key",
+      "request_key",
+      "io_uring_setup",
+      "io_uring_enter",
+      "io_uring_register",
+      "fanotify_init",
       // The host clock is shared.
-      "settimeofday", "stime", "clock_settime", "clock_settime64", "clock_adjtime",
-      "clock_adjtime64", "adjtimex",
+      "settimeofday",
+      "stime",
+      "clock_settime",
+      "clock_settime64",
+      "clock_adjtime",
+      "clock_adjtime64",
+      "adjtimex",
       // File handles bypass the mount namespace.
-      "open_by_handle_at", "name_to_handle_at",
+      "open_by_handle_at",
+      "name_to_handle_at",
       // Hardware and legacy x86.
-      "iopl", "ioperm", "vm86", "vm86old",
+      "iopl",
+      "ioperm",
+      "vm86",
+      "vm86old",
       // Other processes' memory.
-      "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_getfd",
+      "ptrace",
+      "process_vm_readv",
+      "process_vm_writev",
+      "kcmp",
+      "pidfd_getfd",
   };
   return names;
 }
@@ -181,10 +231,12 @@ Result<nlohmann::json> MakeOciConfig(const SandboxSpec& spec, const std::string&
         Mount("/dev", "tmpfs", "tmpfs", {"nosuid", "strictatime", "mode=755", "size=65536k"}),
         Mount("/dev/pts", "devpts", "devpts",
               {"nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"}),
-        Mount("/dev/shm", "tmpfs", "shm", {"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}),
+        Mount("/dev/shm", "tmpfs", "shm",
+              {"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}),
         Mount("/dev/mqueue", "mqueue", "mqueue", {"nosuid", "noexec", "nodev"}),
         Mount("/sys", "sysfs", "sysfs", {"nosuid", "noexec", "nodev", "ro"}),
-        Mount("/sys/fs/cgroup", "cgroup", "cgroup", {"nosuid", "noexec", "nodev", "relatime", "ro"}),
+        Mount("/sys/fs/cgroup", "cgroup", "cgroup",
+              {"nosuid", "noexec", "nodev", "relatime", "ro"}),
         Mount(std::string(kAgentGuestPath), "bind", spec.agent_path,
               {"rbind", "ro", "nosuid", "nodev"}),
     });
@@ -194,8 +246,7 @@ Result<nlohmann::json> MakeOciConfig(const SandboxSpec& spec, const std::string&
          {{"limit", static_cast<int64_t>(spec.limits.memory_bytes)},
           {"swap", static_cast<int64_t>(spec.limits.memory_bytes)}}},
         {"cpu", {{"quota", CpuQuotaUs(spec.limits.millicpus)}, {"period", kCpuPeriodUs}}},
-        {"pids",
-         {{"limit", static_cast<int64_t>(spec.limits.pids) + options.runtime_host_pids}}},
+        {"pids", {{"limit", static_cast<int64_t>(spec.limits.pids) + options.runtime_host_pids}}},
     };
     json linux = {
         {"namespaces",

@@ -6,8 +6,8 @@
 
 #include <algorithm>
 #include <set>
-#include <vector>
 #include <string>
+#include <vector>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -52,8 +52,9 @@ TEST(SandboxIdTest, AcceptsLowercaseDigitsAndDashes) {
 }
 
 TEST(SandboxIdTest, RejectsEverythingElse) {
-  for (const std::string& bad : std::vector<std::string>{"", "A", "a_b", "a.b", "a/b", "..", "a b", "é", std::string(65, 'x'),
-                          std::string("a\0b", 3)}) {
+  for (const std::string& bad :
+       std::vector<std::string>{"", "A", "a_b", "a.b", "a/b", "..", "a b", "é",
+                                std::string(65, 'x'), std::string("a\0b", 3)}) {
     auto status = ValidateSandboxId(bad);
     ASSERT_FALSE(status) << bad;
     EXPECT_EQ(status.error().code, ErrorCode::kInvalidArgument);
@@ -185,16 +186,60 @@ TEST(OciConfigTest, SeccompDeniesDangerousSyscalls) {
       clone_flags.insert(rule["args"][0]["value"].get<uint64_t>());
     }
   }
-  for (const char* name :
-       {"mount", "umount2", "pivot_root", "kexec_load", "kexec_file_load", "init_module",
-        "finit_module", "delete_module", "bpf", "perf_event_open", "keyctl", "add_key",
-        "request_key", "setns", "unshare", "swapon", "swapoff", "reboot", "acct",
-        "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "open_by_handle_at",
-        "name_to_handle_at", "userfaultfd", "lookup_dcookie", "quotactl", "mount_setattr",
-        "move_mount", "open_tree", "fsopen", "fsconfig", "fsmount", "fspick", "iopl", "ioperm",
-        "syslog", "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "vm86", "vm86old",
-        "create_module", "get_kernel_syms", "query_module", "nfsservctl", "uselib", "ustat",
-        "sysfs", "_sysctl", "fanotify_init", "pidfd_getfd"}) {
+  for (const char* name : {"mount",
+                           "umount2",
+                           "pivot_root",
+                           "kexec_load",
+                           "kexec_file_load",
+                           "init_module",
+                           "finit_module",
+                           "delete_module",
+                           "bpf",
+                           "perf_event_open",
+                           "keyctl",
+                           "add_key",
+                           "request_key",
+                           "setns",
+                           "unshare",
+                           "swapon",
+                           "swapoff",
+                           "reboot",
+                           "acct",
+                           "settimeofday",
+                           "clock_settime",
+                           "clock_adjtime",
+                           "adjtimex",
+                           "open_by_handle_at",
+                           "name_to_handle_at",
+                           "userfaultfd",
+                           "lookup_dcookie",
+                           "quotactl",
+                           "mount_setattr",
+                           "move_mount",
+                           "open_tree",
+                           "fsopen",
+                           "fsconfig",
+                           "fsmount",
+                           "fspick",
+                           "iopl",
+                           "ioperm",
+                           "syslog",
+                           "ptrace",
+                           "process_vm_readv",
+                           "process_vm_writev",
+                           "kcmp",
+                           "vm86",
+                           "vm86old",
+                           "create_module",
+                           "get_kernel_syms",
+                           "query_module",
+                           "nfsservctl",
+                           "uselib",
+                           "ustat",
+                           "sysfs",
+                           "_sysctl",
+                           "fanotify_init",
+                           "pidfd_getfd"}) {
     EXPECT_TRUE(eperm.contains(name)) << name;
   }
   // Things every program needs stay allowed.
@@ -203,12 +248,13 @@ TEST(OciConfigTest, SeccompDeniesDangerousSyscalls) {
   }
   EXPECT_TRUE(clone3_enosys);
   // CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET.
-  EXPECT_EQ(clone_flags, (std::set<uint64_t>{0x20000, 0x2000000, 0x4000000, 0x8000000,
-                                             0x10000000, 0x20000000, 0x40000000}));
+  EXPECT_EQ(clone_flags, (std::set<uint64_t>{0x20000, 0x2000000, 0x4000000, 0x8000000, 0x10000000,
+                                             0x20000000, 0x40000000}));
 }
 
 TEST(OciConfigTest, PersonalityQueryStaysAllowed) {
-  for (const auto& rule : Config()["linux"]["seccomp"]["syscalls"]) {
+  json config = Config();
+  for (const auto& rule : config["linux"]["seccomp"]["syscalls"]) {
     if (!Strings(rule["names"]).contains("personality")) continue;
     uint64_t mask = rule["args"][0]["value"];
     uint64_t value = rule["args"][0]["valueTwo"];

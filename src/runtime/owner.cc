@@ -77,8 +77,14 @@ Result<OwnerRecord> ParseOwnerRecord(std::string_view text) {
 }
 
 bool OwnerAlive(const OwnerRecord& owner) {
-  auto start = ProcessStartTime(owner.pid);
-  return start && *start == owner.start_time;
+  auto text = ReadSmallFile("/proc/" + std::to_string(owner.pid) + "/stat");
+  if (!text) return false;
+  auto start = ParseProcStatStartTime(*text);
+  if (!start || *start != owner.start_time) return false;
+  // A zombie is dead even if its parent has not reaped it yet (state 'Z', or 'X').
+  size_t close = text->rfind(')');
+  char state = close + 2 < text->size() ? (*text)[close + 2] : '?';
+  return state != 'Z' && state != 'X';
 }
 
 Result<std::string> ReadSmallFile(const std::string& path, size_t max_bytes) {

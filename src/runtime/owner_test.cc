@@ -23,8 +23,8 @@ TEST(ProcStatTest, RejectsTruncatedOrGarbage) {
   EXPECT_FALSE(ParseProcStatStartTime(""));
   EXPECT_FALSE(ParseProcStatStartTime("12 (x S 1"));
   EXPECT_FALSE(ParseProcStatStartTime("12 (x) S 1 2 3"));
-  EXPECT_FALSE(ParseProcStatStartTime(
-      "1 (x) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 notanumber 1 1"));
+  EXPECT_FALSE(
+      ParseProcStatStartTime("1 (x) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 notanumber 1 1"));
 }
 
 TEST(ProcStatTest, ReadsOurOwnStartTime) {

@@ -18,11 +18,11 @@
 namespace tartarus::runtime {
 
 struct Limits {
-  uint32_t millicpus = 1000;               // CPU bandwidth: 1000 = one CPU
-  uint64_t memory_bytes = 512ull << 20;    // memory (and swap) limit
-  uint32_t pids = 512;                     // processes and threads in the sandbox
-  uint64_t disk_bytes = 1ull << 30;        // writable layer size (Lethe)
-  uint32_t open_files = 4096;              // RLIMIT_NOFILE
+  uint32_t millicpus = 1000;             // CPU bandwidth: 1000 = one CPU
+  uint64_t memory_bytes = 512ull << 20;  // memory (and swap) limit
+  uint32_t pids = 512;                   // processes and threads in the sandbox
+  uint64_t disk_bytes = 1ull << 30;      // writable layer size (Lethe)
+  uint32_t open_files = 4096;            // RLIMIT_NOFILE
 };
 
 struct SandboxSpec {
@@ -58,7 +58,7 @@ class Sandbox {
 };
 
 struct RuntimeConfig {
-  std::string state_dir;                // runtime state lives under <state_dir>/runtime
+  std::string state_dir;                   // runtime state lives under <state_dir>/runtime
   std::string gvisor_platform = "ptrace";  // runsc --platform
 };
 

@@ -18,6 +18,7 @@
 
 #include "common/subprocess.h"
 #include "runtime/cgroups.h"
+#include "runtime/lethe.h"
 #include "runtime/oci_backend.h"
 #include "runtime/oci_bundle.h"
 #include "runtime/owner.h"
@@ -86,8 +87,8 @@ class AgentClient {
           return reply;
         }
       }
-      auto left = std::chrono::duration_cast<milliseconds>(deadline -
-                                                           std::chrono::steady_clock::now());
+      auto left =
+          std::chrono::duration_cast<milliseconds>(deadline - std::chrono::steady_clock::now());
       if (left.count() <= 0) break;
       pollfd pfd{from_.Get(), POLLIN, 0};
       if (poll(&pfd, 1, static_cast<int>(left.count())) <= 0) continue;
@@ -172,8 +173,8 @@ class RuntimeIntegrationTest : public ::testing::TestWithParam<std::string> {
     EXPECT_FALSE(Exists(SandboxDir(config_, id)));
     std::string mountinfo = ReadOr("/proc/self/mountinfo");
     EXPECT_EQ(mountinfo.find(SandboxDir(config_, id)), std::string::npos) << mountinfo;
-    for (const char* hierarchy : {"memory", "pids", "cpu", "cpuacct", "freezer", "devices",
-                                  "blkio", "cpuset", "systemd", "unified", ""}) {
+    for (const char* hierarchy : {"memory", "pids", "cpu", "cpuacct", "freezer", "devices", "blkio",
+                                  "cpuset", "systemd", "unified", ""}) {
       std::string dir = std::string(kCgroupRoot) + "/" + hierarchy + "/tartarus/" + id;
       EXPECT_FALSE(Exists(dir)) << dir;
     }
@@ -377,6 +378,37 @@ TEST_P(RuntimeIntegrationTest, CleanupLeftoversAfterOwnerIsKilled) {
   auto again = CleanupLeftovers(config_);
   ASSERT_TRUE(again);
   EXPECT_TRUE(again->empty());
+}
+
+// Lethe on its own (needs root for the mounts).
+TEST(LetheTest, CopyOnWriteSizedAndGone) {
+  if (geteuid() != 0) GTEST_SKIP() << "skipped: needs root (mounts)";
+  char pattern[] = "/tmp/tartarus-lethe-XXXXXX";
+  ASSERT_NE(mkdtemp(pattern), nullptr);
+  std::string tmp = pattern;
+  ASSERT_EQ(mkdir((tmp + "/lower").c_str(), 0755), 0);
+  ASSERT_TRUE(WriteSmallFile(tmp + "/lower/file", "template"));
+  {
+    auto lethe = Lethe::Create(tmp + "/lower", tmp + "/layer", tmp + "/root", 1 << 20);
+    ASSERT_TRUE(lethe) << lethe.error().message;
+    EXPECT_EQ(ReadOr(tmp + "/root/file"), "template");
+    ASSERT_TRUE(WriteSmallFile(tmp + "/root/file", "changed"));
+    EXPECT_EQ(ReadOr(tmp + "/root/file"), "changed");
+    EXPECT_EQ(ReadOr(tmp + "/lower/file"), "template");
+    auto big = WriteSmallFile(tmp + "/root/big", std::string(2 << 20, 'x'));
+    ASSERT_FALSE(big);
+    EXPECT_NE(big.error().message.find("No space left"), std::string::npos) << big.error().message;
+    ASSERT_TRUE(lethe->Destroy());
+    EXPECT_TRUE(lethe->Destroy());
+  }
+  EXPECT_FALSE(Exists(tmp + "/root"));
+  EXPECT_FALSE(Exists(tmp + "/layer"));
+  EXPECT_EQ(ReadOr("/proc/self/mountinfo").find(tmp), std::string::npos);
+  // Teardown of what is already gone is fine; a lower dir that is missing fails cleanly.
+  EXPECT_TRUE(Lethe::Teardown(tmp + "/layer", tmp + "/root"));
+  EXPECT_FALSE(Lethe::Create(tmp + "/missing", tmp + "/layer", tmp + "/root", 1 << 20));
+  EXPECT_FALSE(Exists(tmp + "/root"));
+  (void)RunCommand({"rm", "-rf", "--one-file-system", tmp});
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, RuntimeIntegrationTest,
