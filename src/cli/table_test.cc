@@ -15,7 +15,7 @@ TEST(Table, PadsColumnsToWidestCell) {
 TEST(QuoteCommand, QuotesLikeAShell) {
   EXPECT_EQ(QuoteCommand({"python3", "-c", "print('hi')"}), "python3 -c 'print('\\''hi'\\'')'");
   EXPECT_EQ(QuoteCommand({"echo", ""}), "echo ''");
-  EXPECT_EQ(QuoteCommand({"x", std::string(100, 'a')}, 10), "x aaaa...");
+  EXPECT_EQ(QuoteCommand({"x", std::string(100, 'a')}, 10), "x aaaaa...");
 }
 
 TEST(Ago, Humanizes) {
