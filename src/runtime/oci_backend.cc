@@ -482,11 +482,12 @@ Result<std::vector<std::string>> CleanupLeftovers(const RuntimeConfig& config) {
   for (const auto& id : ids) {
     std::string owner_path = SandboxDir(config, id) + "/owner";
     auto text = ReadSmallFile(owner_path, 256);
-    if (text) {
-      auto owner = ParseOwnerRecord(*text);
-      if (owner && OwnerAlive(*owner)) continue;
+    auto owner = text ? ParseOwnerRecord(*text) : Result<OwnerRecord>(Fail(text.error()));
+    if (owner) {
+      if (OwnerAlive(*owner)) continue;
     } else {
-      // No owner file yet: a Start may be between mkdir and writing it. Leave young dirs.
+      // No owner file yet, or one being written: a Start may be between mkdir and the
+      // owner record. Leave young dirs.
       struct stat st;
       if (stat(SandboxDir(config, id).c_str(), &st) < 0) continue;
       if (time(nullptr) - st.st_mtime < 60) continue;
