@@ -45,11 +45,13 @@ std::vector<std::string> MergeEnv(std::vector<std::string> base,
   return base;
 }
 
+Error NotRunning(const SandboxRecord& record) {
+  return Error{ErrorCode::kFailedPrecondition, "sandbox " + record.id + " is not running (" +
+                                                   std::string(StateName(record.state)) + ")"};
+}
+
 Result<UniqueFd> ConnectControl(const SandboxStore& store, const SandboxRecord& record) {
-  if (record.state != SandboxState::kRunning) {
-    return Fail(ErrorCode::kFailedPrecondition, "sandbox " + record.id + " is not running (" +
-                                                    std::string(StateName(record.state)) + ")");
-  }
+  if (record.state != SandboxState::kRunning) return Fail(NotRunning(record));
   std::string path = store.ControlSocket(record.id);
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
@@ -352,10 +354,7 @@ Result<int> LocalNode::Exec(std::string_view id, const std::vector<std::string>&
 
 Status LocalNode::Kill(std::string_view id) {
   SandboxRecord record = TRY(Inspect(id));
-  if (record.state != SandboxState::kRunning && record.state != SandboxState::kCreating) {
-    return Fail(ErrorCode::kFailedPrecondition, "sandbox " + record.id + " is not running (" +
-                                                    std::string(StateName(record.state)) + ")");
-  }
+  if (IsFinal(record.state)) return Fail(NotRunning(record));
   auto client = ConnectClient(store_, record);
   if (!client) {
     // No supervisor to ask: clean up after it.

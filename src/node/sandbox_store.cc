@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <filesystem>
 
+#include "common/file_util.h"
 #include "runtime/owner.h"
 
 namespace tartarus::node {
@@ -29,11 +30,10 @@ Status SandboxStore::Create(const SandboxRecord& record) {
 }
 
 Status SandboxStore::Save(const SandboxRecord& record) {
-  std::string path = Dir(record.id) + "/record.json";
-  std::string tmp = path + ".tmp";
-  if (auto s = runtime::WriteSmallFile(tmp, RecordToJson(record)); !s) return s;
-  if (rename(tmp.c_str(), path.c_str()) < 0) return FailErrno("renaming " + tmp);
-  return Ok();
+  // No fsync: records are rewritten on the hot path of every run, and after a power loss
+  // reconciling marks any sandbox that was running as lost anyway.
+  return WriteFileAtomic(Dir(record.id) + "/record.json", RecordToJson(record),
+                         Durability::kNoFsync, 0600);
 }
 
 Result<SandboxRecord> SandboxStore::Load(const std::string& id) const {

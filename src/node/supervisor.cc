@@ -34,6 +34,12 @@ void AppendCapped(int fd, uint64_t& written, std::string_view data) {
   }
 }
 
+struct ExitOutcome {
+  int exit_code;
+  int signal;
+  bool timed_out;
+};
+
 }  // namespace
 
 Supervisor::Supervisor(SandboxStore& store, runtime::Backend& backend, Launch launch)
@@ -148,21 +154,21 @@ SandboxRecord Supervisor::Wait() {
     record_.signal = kill_signo_;
     record_.exit_code = 128 + kill_signo_;
     record_.error = kill_reason_;
-  } else if (exit) {
+  } else if (exit || record_.usage.oom_killed) {
+    // Without an ExecExit, an OOM kill ended the whole sandbox (gVisor's limit covers
+    // the sandbox, not one process): report it as the SIGKILL it was.
+    ExitOutcome outcome = exit ? ExitOutcome{exit->exit_code, exit->signal, exit->timed_out}
+                               : ExitOutcome{0, SIGKILL, false};
     record_.state = SandboxState::kExited;
-    record_.signal = exit->signal;
-    record_.timed_out = exit->timed_out;
-    record_.exit_code = exit->timed_out ? 124 : exit->signal ? 128 + exit->signal : exit->exit_code;
-    if (exit->signal == SIGKILL && record_.usage.oom_killed) {
+    record_.signal = outcome.signal;
+    record_.timed_out = outcome.timed_out;
+    record_.exit_code = outcome.timed_out ? 124
+                        : outcome.signal  ? 128 + outcome.signal
+                                          : outcome.exit_code;
+    if (outcome.signal == SIGKILL && record_.usage.oom_killed) {
       record_.error = "out of memory: the sandbox hit its memory limit of " +
                       FormatBytes(record_.limits.memory_bytes);
     }
-  } else if (record_.usage.oom_killed) {  // gVisor: the limit ends the whole sandbox
-    record_.state = SandboxState::kExited;
-    record_.signal = SIGKILL;
-    record_.exit_code = 128 + SIGKILL;
-    record_.error = "out of memory: the sandbox hit its memory limit of " +
-                    FormatBytes(record_.limits.memory_bytes);
   } else {
     record_.state = SandboxState::kFailed;
     record_.error = exit.error().message;

@@ -18,6 +18,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/file_util.h"
 #include "common/subprocess.h"
 #include "common/unique_fd.h"
 #include "runtime/cgroups.h"
@@ -211,7 +212,7 @@ class OciSandbox : public Sandbox {
     }
     created_dir_ = true;
     auto owner = TRY(CurrentProcessOwner());
-    TRY(WriteSmallFile(dir_ + "/owner", FormatOwnerRecord(owner)));
+    TRY(WriteFileAtomic(dir_ + "/owner", FormatOwnerRecord(owner), Durability::kNoFsync, 0600));
     std::string bundle = dir_ + "/bundle";
     if (mkdir(bundle.c_str(), 0700) < 0) return FailErrno("mkdir " + bundle);
     lethe_ = TRY(
@@ -248,7 +249,8 @@ class OciSandbox : public Sandbox {
     process_ = TRY(Spawn(options));
     // Recorded for CleanupLeftovers: the runtime outlives a killed owner.
     if (auto start = ProcessStartTime(process_.pid())) {
-      (void)WriteSmallFile(dir_ + "/runtime", FormatOwnerRecord({process_.pid(), *start}));
+      (void)WriteFileAtomic(dir_ + "/runtime", FormatOwnerRecord({process_.pid(), *start}),
+                            Durability::kNoFsync, 0600);
     }
     agent_stdin.Reset();
     agent_stdout.Reset();
@@ -486,8 +488,8 @@ Result<std::vector<std::string>> CleanupLeftovers(const RuntimeConfig& config) {
     if (owner) {
       if (OwnerAlive(*owner)) continue;
     } else {
-      // No owner file yet, or one being written: a Start may be between mkdir and the
-      // owner record. Leave young dirs.
+      // No owner record yet (a Start may be between mkdir and writing it), or an
+      // unreadable one: leave young dirs, clean up old ones.
       struct stat st;
       if (stat(SandboxDir(config, id).c_str(), &st) < 0) continue;
       if (time(nullptr) - st.st_mtime < 60) continue;

@@ -202,33 +202,6 @@ Result<std::string> ReadSmallFile(const std::string& path, size_t max_bytes) {
   return data;
 }
 
-Status WriteFileAtomic(const std::string& path, std::string_view content) {
-  std::string temp = path + ".tmp-" + std::to_string(getpid());
-  {
-    UniqueFd fd(open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-    if (!fd) return FailErrno("create " + temp);
-    size_t written = 0;
-    while (written < content.size()) {
-      ssize_t n = write(fd.Get(), content.data() + written, content.size() - written);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        unlink(temp.c_str());
-        return FailErrno("write " + temp);
-      }
-      written += static_cast<size_t>(n);
-    }
-    if (fsync(fd.Get()) < 0) {
-      unlink(temp.c_str());
-      return FailErrno("fsync " + temp);
-    }
-  }
-  if (rename(temp.c_str(), path.c_str()) < 0) {
-    unlink(temp.c_str());
-    return FailErrno("rename " + temp);
-  }
-  return Ok();
-}
-
 Result<FileLock> FileLock::Acquire(const std::string& path, const std::function<void()>& on_wait) {
   UniqueFd fd(open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
   if (!fd) return FailErrno("open lock " + path);

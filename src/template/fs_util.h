@@ -8,6 +8,7 @@
 #include <string>
 #include <string_view>
 
+#include "common/file_util.h"  // WriteFileAtomic, used with these helpers
 #include "common/result.h"
 #include "common/unique_fd.h"
 
@@ -32,8 +33,6 @@ Status WriteFileInRoot(const std::string& root, std::string_view path, std::stri
 Result<uint64_t> DiskUsageBytes(const std::string& path);
 
 Result<std::string> ReadSmallFile(const std::string& path, size_t max_bytes = 4 << 20);
-// Writes via a temp file and rename(2), so readers see the old or the new content.
-Status WriteFileAtomic(const std::string& path, std::string_view content);
 
 // An exclusive flock(2) on `path` (created if missing), held until destruction.
 class FileLock {
