@@ -15,6 +15,8 @@ packages=(
   debootstrap e2fsprogs busybox-static ca-certificates
   # tests and benchmarks
   iproute2 procps util-linux bubblewrap hyperfine
+  # control-plane store tests (a throwaway PostgreSQL cluster)
+  postgresql
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -11,7 +11,7 @@
 #include <thread>
 
 #include "common/unique_fd.h"
-#include "template/sha256.h"
+#include "common/sha256.h"
 
 namespace tartarus::testing {
 
@@ -74,7 +74,7 @@ CliResult RunCli(const std::vector<std::string>& args, const std::string& stdin_
 }
 
 std::string Sha256Hex(const std::string& data) {
-  templates::Sha256 hash;
+  Sha256 hash;
   hash.Update(data);
   return hash.FinishHex();
 }

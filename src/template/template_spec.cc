@@ -9,7 +9,7 @@
 #include <set>
 
 #include "common/units.h"
-#include "template/sha256.h"
+#include "common/sha256.h"
 
 namespace tartarus::templates {
 namespace {

@@ -1,11 +1,11 @@
 // SHA-256 against the FIPS 180-4 example vectors.
-#include "template/sha256.h"
+#include "common/sha256.h"
 
 #include <gtest/gtest.h>
 
 #include <string>
 
-namespace tartarus::templates {
+namespace tartarus {
 namespace {
 
 TEST(Sha256Test, KnownVectors) {
@@ -29,4 +29,4 @@ TEST(Sha256Test, IncrementalUpdatesMatchOneShot) {
 }
 
 }  // namespace
-}  // namespace tartarus::templates
+}  // namespace tartarus

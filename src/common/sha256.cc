@@ -1,9 +1,9 @@
 // SHA-256 as specified in FIPS 180-4, section 6.2.
-#include "template/sha256.h"
+#include "common/sha256.h"
 
 #include <cstring>
 
-namespace tartarus::templates {
+namespace tartarus {
 namespace {
 
 constexpr std::array<uint32_t, 64> kRoundConstants = {
@@ -115,4 +115,4 @@ std::string Sha256Hex(std::string_view data) {
   return hash.FinishHex();
 }
 
-}  // namespace tartarus::templates
+}  // namespace tartarus

@@ -1,5 +1,5 @@
-// A small, dependency-free SHA-256 (FIPS 180-4) for template content hashes.
-// Not constant-time and not meant for secrets: it fingerprints build inputs.
+// A small, dependency-free SHA-256 (FIPS 180-4): template content hashes, token digests.
+// Not constant-time: fine for fingerprints and for hashing high-entropy API tokens.
 #pragma once
 
 #include <array>
@@ -7,7 +7,7 @@
 #include <string>
 #include <string_view>
 
-namespace tartarus::templates {
+namespace tartarus {
 
 class Sha256 {
  public:
@@ -30,4 +30,4 @@ class Sha256 {
 // Lower-case hex SHA-256 of `data`.
 std::string Sha256Hex(std::string_view data);
 
-}  // namespace tartarus::templates
+}  // namespace tartarus
