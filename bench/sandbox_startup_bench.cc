@@ -142,6 +142,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "build the templates first: tartarus template build base python-ds\n");
     return 1;
   }
+  // runc refuses a root path that goes through a symlink.
+  base = std::filesystem::canonical(base).string();
+  pyds = std::filesystem::canonical(pyds).string();
   std::string tmp = "/tmp/tartarus-bench-" + std::to_string(getpid());
   std::string true_bundle = MakeBundle(tmp + "/true", base, {"/bin/true"});
   std::string py_bundle =

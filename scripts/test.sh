@@ -32,8 +32,24 @@ cmake --build build-fuzz -j "$jobs"
 step "templates (built once, cached in $TARTARUS_STATE_DIR)"
 build/bin/tartarus template build base python-ds
 
-step "tests"
+step "PostgreSQL (one throwaway server for the store and multi-node tests)"
 failed=0
+pg_dir=$(mktemp -d /tmp/tartarus-test-pg.XXXXXX)
+# Stopped however the script ends, failed tests included.
+trap 'scripts/pg-test-server.sh stop "$pg_dir" >/dev/null 2>&1 || true' EXIT
+if [[ -x /usr/lib/postgresql/15/bin/initdb ]]; then
+  if pg_url=$(scripts/pg-test-server.sh start "$pg_dir"); then
+    export TARTARUS_TEST_PG_URL=$pg_url
+    echo "TARTARUS_TEST_PG_URL=$TARTARUS_TEST_PG_URL"
+  else
+    echo "PostgreSQL did not start (see above)" >&2
+    failed=1
+  fi
+else
+  echo "no PostgreSQL 15 server binaries: its tests will say skipped"
+fi
+
+step "tests"
 (cd build && ctest --output-on-failure --timeout 900 -j "$jobs") | tee build/ctest.log || failed=1
 step "fuzzers"
 (cd build-fuzz && ctest --output-on-failure) | tee build-fuzz/ctest.log || failed=1

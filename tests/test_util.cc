@@ -10,8 +10,8 @@
 #include <sstream>
 #include <thread>
 
-#include "common/unique_fd.h"
 #include "common/sha256.h"
+#include "common/unique_fd.h"
 
 namespace tartarus::testing {
 

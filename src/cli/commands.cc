@@ -8,6 +8,8 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "cli/api_commands.h"
+#include "cli/connection.h"
 #include "cli/table.h"
 #include "common/units.h"
 
@@ -16,65 +18,20 @@ namespace {
 
 int Report(const Error& error) { return ReportError(error); }
 
+// API mode or local mode (connection.h); on error the command stops with 125.
+std::optional<Connection> ChooseMode(const GlobalOptions& global, int& exit_code) {
+  auto connection = SelectConnection(global);
+  if (!connection) {
+    exit_code = Report(connection.error());
+    return std::nullopt;
+  }
+  return *connection;
+}
+
 void PrintProgress(const std::string& line) {
   std::fprintf(stderr, "%s\n", line.c_str());
   std::fflush(stderr);
 }
-
-// SIGINT, SIGTERM and SIGHUP go to one thread that hands them to `on_signal`; SIGPIPE is
-// ignored so a closed stdout becomes an error we handle, not a death that strands a
-// sandbox. Call before any other thread starts.
-void RouteSignals(std::function<void(int)> on_signal) {
-  signal(SIGPIPE, SIG_IGN);
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGHUP);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
-  std::thread([set, on_signal = std::move(on_signal)] {
-    while (true) {
-      int signo = 0;
-      if (sigwait(&set, &signo) == 0) on_signal(signo);
-    }
-  }).detach();
-}
-
-// --env KEY=VALUE, or --env KEY to pass this process's value through.
-Result<std::vector<std::string>> ParseEnv(const std::vector<std::string>& entries) {
-  std::vector<std::string> env;
-  for (const auto& entry : entries) {
-    size_t eq = entry.find('=');
-    std::string key = entry.substr(0, eq);
-    bool valid = !key.empty() && !isdigit(static_cast<unsigned char>(key[0]));
-    for (char c : key) valid = valid && (isalnum(static_cast<unsigned char>(c)) || c == '_');
-    if (!valid) {
-      return Fail(ErrorCode::kInvalidArgument,
-                  "invalid --env '" + entry +
-                      "': expected KEY=VALUE with KEY made of letters, "
-                      "digits and '_'");
-    }
-    if (eq == std::string::npos) {
-      const char* value = getenv(key.c_str());
-      if (!value) continue;
-      env.push_back(key + "=" + value);
-    } else {
-      env.push_back(entry);
-    }
-  }
-  return env;
-}
-
-struct RunFlags {
-  std::string template_name = "base";
-  std::string runtime = "container";
-  std::string cpus, memory, disk, timeout;
-  uint32_t pids = 0;
-  std::vector<std::string> env;
-  std::string workdir, user;
-  bool detach = false, interactive = false, remove = false, quiet = false;
-  std::vector<std::string> command;
-};
 
 Result<node::RunRequest> ToRequest(const RunFlags& flags) {
   node::RunRequest request;
@@ -135,7 +92,9 @@ void AddRunCommand(CLI::App& app, GlobalOptions& global, int& exit_code) {
       "Examples:\n"
       "  tartarus run --template python-ds -- python3 -c \"print('Hello')\"\n"
       "  echo data | tartarus run --memory 256M --timeout 10s -- wc -c\n"
-      "  tartarus run -d -- sleep 600      # prints the sandbox id");
+      "  tartarus run -d -- sleep 600      # prints the sandbox id\n"
+      "  tartarus --host olympus:7777 run -- echo hi   # through the control plane\n"
+      "With a control plane (API mode), stdin is not forwarded yet and --pids is not available.");
   run->add_option("-t,--template", flags->template_name,
                   "Template (root filesystem and defaults); built on first use")
       ->capture_default_str();
@@ -165,6 +124,12 @@ void AddRunCommand(CLI::App& app, GlobalOptions& global, int& exit_code) {
         return;
       }
       flags->command = global.command;
+    }
+    auto mode = ChooseMode(global, exit_code);
+    if (!mode) return;
+    if (mode->api()) {
+      exit_code = ApiRun(*mode, *flags);
+      return;
     }
     auto request = ToRequest(*flags);
     if (!request) {
@@ -222,15 +187,24 @@ std::string StateCell(const node::SandboxRecord& r) {
 void AddPsCommand(CLI::App& app, GlobalOptions& global, int& exit_code) {
   struct Flags {
     std::string state;
-    bool quiet = false, json = false;
+    bool quiet = false, json = false, all_pages = false;
   };
   auto flags = std::make_shared<Flags>();
   CLI::App* ps = app.add_subcommand("ps", "List sandboxes, newest first");
   ps->add_option("--state", flags->state,
-                 "Only sandboxes in this state: creating, running, exited, killed, failed, lost");
+                 "Only sandboxes in this state: creating, running, exited, killed, failed, lost "
+                 "(API mode: queued, assigned, running, exited, killed, failed, lost)");
   ps->add_flag("-q,--quiet", flags->quiet, "Only print ids");
   ps->add_flag("--json", flags->json, "JSON output");
+  ps->add_flag("--all-pages", flags->all_pages,
+               "API mode: every page of the list, not only the first");
   ps->callback([&global, &exit_code, flags] {
+    auto mode = ChooseMode(global, exit_code);
+    if (!mode) return;
+    if (mode->api()) {
+      exit_code = ApiPs(*mode, flags->state, flags->quiet, flags->json, flags->all_pages);
+      return;
+    }
     std::optional<node::SandboxState> want;
     if (!flags->state.empty()) {
       auto s = node::ParseState(flags->state);
@@ -268,6 +242,12 @@ void AddInspectCommand(CLI::App& app, GlobalOptions& global, int& exit_code) {
   CLI::App* cmd = app.add_subcommand("inspect", "Show a sandbox's full record as JSON");
   cmd->add_option("id", *id, "Sandbox id or unique prefix")->required();
   cmd->callback([&global, &exit_code, id] {
+    auto mode = ChooseMode(global, exit_code);
+    if (!mode) return;
+    if (mode->api()) {
+      exit_code = ApiInspect(*mode, *id);
+      return;
+    }
     node::LocalNode local(global.node);
     local.Reconcile();
     auto record = local.Inspect(*id);
@@ -287,6 +267,12 @@ void AddLogsCommand(CLI::App& app, GlobalOptions& global, int& exit_code) {
   cmd->add_option("id", *id, "Sandbox id or unique prefix")->required();
   cmd->add_flag("-f,--follow", *follow, "Keep printing new output until the sandbox ends");
   cmd->callback([&global, &exit_code, id, follow] {
+    auto mode = ChooseMode(global, exit_code);
+    if (!mode) return;
+    if (mode->api()) {
+      exit_code = ApiLogs(*mode, *id, *follow);
+      return;
+    }
     signal(SIGPIPE, SIG_IGN);
     node::LocalNode local(global.node);
     local.Reconcile();
@@ -326,6 +312,13 @@ void AddExecCommand(CLI::App& app, GlobalOptions& global, int& exit_code) {
                                "no command given: tartarus exec ID -- COMMAND [ARGS...]"});
       return;
     }
+    auto mode = ChooseMode(global, exit_code);
+    if (!mode) return;
+    if (mode->api()) {
+      exit_code = ApiExec(*mode, ApiExecArgs{id, args, flags->env, flags->workdir, flags->user,
+                                             flags->timeout, flags->interactive});
+      return;
+    }
     auto env = ParseEnv(flags->env);
     if (!env) {
       exit_code = Report(env.error());
@@ -356,10 +349,17 @@ void AddCpCommand(CLI::App& app, GlobalOptions& global, int& exit_code) {
   cmd->footer(
       "\nOne side is a local path, the other ID:PATH inside a running sandbox.\n"
       "  tartarus cp data.csv 3f2a:/root/data.csv\n"
-      "  tartarus cp 3f2a:/root/out ./out");
+      "  tartarus cp 3f2a:/root/out ./out\n"
+      "With a control plane (API mode): single files only, up to 64 MiB each.");
   cmd->add_option("src", *src, "Source: local path or ID:PATH")->required();
   cmd->add_option("dst", *dst, "Destination: local path or ID:PATH")->required();
   cmd->callback([&global, &exit_code, src, dst] {
+    auto mode = ChooseMode(global, exit_code);
+    if (!mode) return;
+    if (mode->api()) {
+      exit_code = ApiCopy(*mode, *src, *dst);
+      return;
+    }
     node::LocalNode local(global.node);
     auto status = local.Copy(*src, *dst, node::ProgressFn());
     exit_code = status ? 0 : Report(status.error());
@@ -371,6 +371,12 @@ void AddKillCommand(CLI::App& app, GlobalOptions& global, int& exit_code) {
   CLI::App* cmd = app.add_subcommand("kill", "Kill running sandboxes (everything in them stops)");
   cmd->add_option("ids", *ids, "Sandbox ids or unique prefixes")->required();
   cmd->callback([&global, &exit_code, ids] {
+    auto mode = ChooseMode(global, exit_code);
+    if (!mode) return;
+    if (mode->api()) {
+      exit_code = ApiKill(*mode, *ids);
+      return;
+    }
     node::LocalNode local(global.node);
     local.Reconcile();
     exit_code = 0;
@@ -388,6 +394,12 @@ void AddRmCommand(CLI::App& app, GlobalOptions& global, int& exit_code) {
   cmd->add_option("ids", *ids, "Sandbox ids or unique prefixes")->required();
   cmd->add_flag("-f,--force", *force, "Kill running sandboxes first");
   cmd->callback([&global, &exit_code, ids, force] {
+    auto mode = ChooseMode(global, exit_code);
+    if (!mode) return;
+    if (mode->api()) {
+      exit_code = ApiRemove(*mode, *ids, *force);
+      return;
+    }
     node::LocalNode local(global.node);
     local.Reconcile();
     exit_code = 0;
@@ -399,6 +411,49 @@ void AddRmCommand(CLI::App& app, GlobalOptions& global, int& exit_code) {
 }
 
 }  // namespace
+
+// SIGINT, SIGTERM and SIGHUP go to one thread that hands them to `on_signal`; SIGPIPE is
+// ignored so a closed stdout becomes an error we handle, not a death that strands a
+// sandbox. Call before any other thread starts.
+void RouteSignals(std::function<void(int)> on_signal) {
+  signal(SIGPIPE, SIG_IGN);
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  std::thread([set, on_signal = std::move(on_signal)] {
+    while (true) {
+      int signo = 0;
+      if (sigwait(&set, &signo) == 0) on_signal(signo);
+    }
+  }).detach();
+}
+
+Result<std::vector<std::string>> ParseEnv(const std::vector<std::string>& entries) {
+  std::vector<std::string> env;
+  for (const auto& entry : entries) {
+    size_t eq = entry.find('=');
+    std::string key = entry.substr(0, eq);
+    bool valid = !key.empty() && !isdigit(static_cast<unsigned char>(key[0]));
+    for (char c : key) valid = valid && (isalnum(static_cast<unsigned char>(c)) || c == '_');
+    if (!valid) {
+      return Fail(ErrorCode::kInvalidArgument,
+                  "invalid --env '" + entry +
+                      "': expected KEY=VALUE with KEY made of letters, "
+                      "digits and '_'");
+    }
+    if (eq == std::string::npos) {
+      const char* value = getenv(key.c_str());
+      if (!value) continue;
+      env.push_back(key + "=" + value);
+    } else {
+      env.push_back(entry);
+    }
+  }
+  return env;
+}
 
 int ReportError(const Error& error) {
   std::fprintf(stderr, "tartarus: %s\n", error.message.c_str());
@@ -415,6 +470,8 @@ void RegisterCommands(CLI::App& app, GlobalOptions& global, int& exit_code) {
   AddKillCommand(app, global, exit_code);
   AddRmCommand(app, global, exit_code);
   AddTemplateCommands(app, global, exit_code);
+  AddControlPlaneCommands(app, global, exit_code);
+  AddDaemonCommands(app, global, exit_code);
   AddSuperviseCommand(app, global, exit_code);
 }
 

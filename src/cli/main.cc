@@ -1,5 +1,6 @@
-// tartarus: the command-line interface. Until the control plane exists it works in local
-// mode: every command acts on this host's state directory through node::LocalNode.
+// tartarus: the command-line interface. In API mode the sandbox commands go to Olympus
+// (the control plane) over HTTP; in local mode they act on this host's state directory
+// through node::LocalNode. connection.h holds the rules that choose.
 // Exit codes: a run's or exec's own exit code (127 not found, 124 timeout, 128+N signal);
 // 125 when Tartarus itself failed (bad flag, unknown template, missing runtime, ...).
 #include <signal.h>
@@ -59,13 +60,26 @@ int main(int argc, char** argv) {
       "Tartarus runs untrusted code in sandboxes that start as fast as containers and\n"
       "isolate like virtual machines.\n\n"
       "  tartarus run --template python-ds -- python3 -c \"print('hi')\"\n"
-      "  tartarus ps\n",
+      "  tartarus ps\n\n"
+      "Commands go to the control plane (API mode) when --host, TARTARUS_HOST or a config\n"
+      "context names one, or when `tartarus up` runs on this host (<state-dir>/olympus.sock);\n"
+      "otherwise they run the sandboxes in this process (local mode).\n",
       "tartarus"};
   app.set_version_flag("--version", std::string("tartarus ") + TARTARUS_VERSION);
   app.require_subcommand(1);
   app.add_option("--state-dir", global.node.state_dir,
                  "State directory: templates, sandboxes, runtime state (env TARTARUS_STATE_DIR)")
       ->capture_default_str();
+  app.add_option("--host", global.host,
+                 "Olympus API to talk to: http://HOST:PORT, HOST[:PORT] (port 7777) or "
+                 "unix:///PATH (env TARTARUS_HOST)");
+  app.add_option("--token", global.token, "API token (env TARTARUS_TOKEN)");
+  app.add_option("--context", global.context,
+                 "Context from the config file to use instead of its current-context");
+  app.add_option("--config", global.config_path,
+                 "Config file (env TARTARUS_CONFIG; default ~/.config/tartarus/config.yaml)");
+  app.add_flag("--local", global.local,
+               "Act on this host's state directory directly, even when a daemon or host is set");
   app.add_option("--gvisor-platform", global.node.gvisor_platform,
                  "runsc --platform for the gvisor runtime (ptrace works everywhere; kvm needs "
                  "hardware virtualization)")

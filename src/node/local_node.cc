@@ -21,6 +21,7 @@
 #include "protocol/client.h"
 #include "protocol/codec.h"
 #include "runtime/owner.h"
+#include "runtime/phase_trace.h"
 #include "template/template_store.h"
 
 namespace tartarus::node {
@@ -92,9 +93,13 @@ LocalNode::LocalNode(NodeConfig config)
 LocalNode::~LocalNode() = default;
 
 void LocalNode::Reconcile() {
+  runtime::PhaseTimer reconcile_phase("reconcile");
+  runtime::PhaseTimer leftovers_phase("reconcile.leftovers");
   (void)runtime::CleanupLeftovers(RuntimeConfigOf(config_));
-  for (auto& record : store_.List()) {
-    if (IsFinal(record.state)) continue;
+  leftovers_phase.Stop();
+  // Only the records not final yet: reading every record the host kept made every
+  // command slower the more sandboxes had run.
+  for (auto& record : store_.ListActive()) {
     runtime::OwnerRecord owner{record.supervisor_pid, record.supervisor_start_time};
     if (record.supervisor_pid == 0) {
       // Still being created by a live `run`? Give it a minute before calling it lost.
@@ -141,11 +146,15 @@ Result<Prepared> Prepare(const NodeConfig& config, const RunRequest& request,
                                                     ": build it (cmake --build build)");
   }
   Prepared p;
+  runtime::PhaseTimer backend_phase("prepare.check_backend");
   p.backend = TRY(CheckedBackend(config, request.runtime));
+  backend_phase.Stop();
+  runtime::PhaseTimer template_phase("prepare.ensure_template");
   auto built = TRY(EnsureTemplate(config, request.template_name, progress));
+  template_phase.Stop();
 
   SandboxRecord& r = p.record;
-  r.id = NewSandboxId();
+  r.id = request.id.empty() ? NewSandboxId() : request.id;
   r.template_name = built.name;
   r.runtime = request.runtime;
   r.command = request.command;
@@ -174,9 +183,16 @@ Result<Prepared> Prepare(const NodeConfig& config, const RunRequest& request,
 
 Result<SandboxRecord> LocalNode::Run(const RunRequest& request, const IoSinks& io,
                                      ProgressFn progress) {
+  runtime::PhaseTimer run_phase("run");
   Prepared p = TRY(Prepare(config_, request, progress));
+  // This process supervises: the first record already says so, which saves a rewrite.
+  p.record.supervisor_pid = getpid();
+  p.record.supervisor_start_time = runtime::ProcessStartTime(getpid()).value_or(0);
+  runtime::PhaseTimer create_phase("store.create");
   TRY(store_.Create(p.record));
+  create_phase.Stop();
   Launch launch{p.record, p.spec, io.stdin_fd, io.stdout_fd, io.stderr_fd};
+  launch.remove_record = request.remove_when_done;
   Supervisor supervisor(store_, *p.backend, std::move(launch));
   {
     std::lock_guard lock(impl_->mutex);
@@ -192,7 +208,8 @@ Result<SandboxRecord> LocalNode::Run(const RunRequest& request, const IoSinks& i
     std::lock_guard lock(impl_->mutex);
     impl_->running = nullptr;
   }
-  if (request.remove_when_done) (void)store_.Remove(record.id);
+  // After a start, Finish() removed it already.
+  if (request.remove_when_done && !started) (void)store_.Remove(record.id);
   if (!started && !record.exit_code) return Fail(started.error());
   return record;
 }
@@ -388,16 +405,19 @@ Status LocalNode::Remove(std::string_view id, bool force) {
 Status LocalNode::Logs(std::string_view id, bool follow, const IoSinks& io) {
   SandboxRecord record = TRY(Inspect(id));
   struct Stream {
-    UniqueFd fd;
+    std::string path;
     int out;
+    UniqueFd fd;
   } streams[2] = {
-      {UniqueFd(open(store_.StdoutLog(record.id).c_str(), O_RDONLY | O_CLOEXEC)), io.stdout_fd},
-      {UniqueFd(open(store_.StderrLog(record.id).c_str(), O_RDONLY | O_CLOEXEC)), io.stderr_fd},
+      {store_.StdoutLog(record.id), io.stdout_fd, UniqueFd()},
+      {store_.StderrLog(record.id), io.stderr_fd, UniqueFd()},
   };
   char buffer[64 << 10];
   while (true) {
     bool any = false;
     for (auto& s : streams) {
+      // The supervisor creates a log on the first output: until then, there is none.
+      if (!s.fd) s.fd.Reset(open(s.path.c_str(), O_RDONLY | O_CLOEXEC));
       if (!s.fd) continue;
       ssize_t n;
       while ((n = read(s.fd.Get(), buffer, sizeof buffer)) > 0) {
@@ -411,6 +431,7 @@ Status LocalNode::Logs(std::string_view id, bool follow, const IoSinks& io) {
       if (!now || IsFinal(now->state)) {
         // One last drain: output written just before the end.
         for (auto& s : streams) {
+          if (!s.fd) s.fd.Reset(open(s.path.c_str(), O_RDONLY | O_CLOEXEC));
           ssize_t n;
           while (s.fd && (n = read(s.fd.Get(), buffer, sizeof buffer)) > 0) {
             (void)protocol::WriteAll(s.out, std::string_view(buffer, n));

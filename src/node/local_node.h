@@ -28,6 +28,7 @@ struct NodeConfig {
 
 // What the user asked for; unset limits come from the template, then from defaults.
 struct RunRequest {
+  std::string id;  // empty: a new random id; else [a-z0-9-], unused on this host (node agent runs)
   std::string template_name = "base";
   std::string runtime = "container";
   std::vector<std::string> command;

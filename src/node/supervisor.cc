@@ -8,11 +8,13 @@
 #include "node/control_server.h"
 #include "protocol/codec.h"
 #include "runtime/owner.h"
+#include "runtime/phase_trace.h"
 
 namespace tartarus::node {
 namespace {
 
-constexpr auto kAgentHandshakeTimeout = std::chrono::seconds(20);
+// Also covers the runtime's start: the handshake is what tells that the sandbox runs.
+constexpr auto kAgentHandshakeTimeout = std::chrono::seconds(30);
 // The agent enforces the timeout; the supervisor steps in this much later if it has not.
 constexpr auto kTimeoutBackstopGrace = std::chrono::seconds(5);
 
@@ -48,11 +50,13 @@ Supervisor::Supervisor(SandboxStore& store, runtime::Backend& backend, Launch la
 Supervisor::~Supervisor() { Teardown(); }
 
 Status Supervisor::Start() {
-  stdout_log_ = OpenLog(store_.StdoutLog(record_.id));
-  stderr_log_ = OpenLog(store_.StderrLog(record_.id));
-  record_.supervisor_pid = getpid();
-  record_.supervisor_start_time = runtime::ProcessStartTime(getpid()).value_or(0);
-  (void)store_.Save(record_);
+  runtime::PhaseTimer logs_phase("supervisor.record");
+  // A foreground run's record was created with this process as its supervisor already.
+  if (record_.supervisor_pid != getpid()) {
+    record_.supervisor_pid = getpid();
+    record_.supervisor_start_time = runtime::ProcessStartTime(getpid()).value_or(0);
+    (void)store_.Save(record_);
+  }
 
   auto fail = [&](const Error& error) -> Status {
     Teardown();
@@ -64,7 +68,10 @@ Status Supervisor::Start() {
     return Fail(killed_ ? Error{ErrorCode::kCancelled, kill_reason_} : error);
   };
 
+  logs_phase.Stop();
+  runtime::PhaseTimer start_phase("supervisor.backend_start");
   auto sandbox = backend_.Start(launch_.spec);
+  start_phase.Stop();
   if (!sandbox)
     return fail(sandbox.error().Context("starting the " + record_.runtime + " sandbox"));
   {
@@ -73,17 +80,25 @@ Status Supervisor::Start() {
   }
   if (Killed()) return fail(Error{ErrorCode::kCancelled, kill_reason_});
 
+  runtime::PhaseTimer connect_phase("supervisor.agent_handshake");
   auto client = protocol::AgentClient::Connect(sandbox_->TakeFromAgent(), sandbox_->TakeToAgent(),
                                                {.handshake_timeout = kAgentHandshakeTimeout});
-  if (!client) return fail(client.error().Context("connecting to the guest agent"));
+  if (!client) {
+    // A runtime that failed closes the stream: its own error says more.
+    Status started = Ok();
+    {
+      std::lock_guard lock(destroy_mutex_);
+      started = sandbox_->WaitStarted();
+    }
+    if (!started) {
+      return fail(started.error().Context("starting the " + record_.runtime + " sandbox"));
+    }
+    return fail(client.error().Context("connecting to the guest agent"));
+  }
   client_ = std::move(*client);
+  connect_phase.Stop();
 
-  auto control = ControlServer::Start(store_.ControlSocket(record_.id), *client_, [this] {
-    Kill(SandboxState::kKilled, SIGKILL, "killed by `tartarus kill`");
-  });
-  if (!control) return fail(control.error().Context("opening the control socket"));
-  control_ = std::move(*control);
-
+  runtime::PhaseTimer exec_phase("supervisor.exec_start");
   protocol::ExecStart exec;
   exec.argv = record_.command;
   exec.env = record_.env;
@@ -95,6 +110,16 @@ Status Supervisor::Start() {
       exec, [this](protocol::Stream stream, std::string_view data) { OnOutput(stream, data); });
   if (!main_exec) return fail(main_exec.error().Context("starting the command"));
   main_exec_ = std::move(*main_exec);
+  exec_phase.Stop();
+
+  // After the main command started, so that this overlaps with its run.
+  runtime::PhaseTimer control_phase("supervisor.control_socket");
+  auto control = ControlServer::Start(store_.ControlSocket(record_.id), *client_, [this] {
+    Kill(SandboxState::kKilled, SIGKILL, "killed by `tartarus kill`");
+  });
+  if (!control) return fail(control.error().Context("opening the control socket"));
+  control_ = std::move(*control);
+  control_phase.Stop();
 
   {
     std::lock_guard lock(mutex_);
@@ -102,7 +127,16 @@ Status Supervisor::Start() {
     record_.state = SandboxState::kRunning;
     record_.started_ms = NowMs();
   }
-  (void)store_.Save(record_);
+  {
+    runtime::PhaseTimer save_phase("supervisor.save_running");
+    (void)store_.Save(record_);
+  }
+  {
+    // The agent runs, so the runtime has (all but) written the init pid by now; without it
+    // Destroy still works (it kills the runtime and whatever is in the sandbox's cgroup).
+    std::lock_guard lock(destroy_mutex_);
+    if (sandbox_) (void)sandbox_->WaitStarted();
+  }
 
   if (launch_.stdin_fd >= 0)
     stdin_pump_ = std::make_unique<StdinPump>(launch_.stdin_fd, *main_exec_);
@@ -120,8 +154,14 @@ Status Supervisor::Start() {
 
 void Supervisor::OnOutput(protocol::Stream stream, std::string_view data) {
   bool is_stdout = stream == protocol::Stream::kStdout;
-  AppendCapped(is_stdout ? stdout_log_.Get() : stderr_log_.Get(),
-               is_stdout ? stdout_logged_ : stderr_logged_, data);
+  // Created on the first output (only this reader thread writes them): a command that
+  // prints nothing costs no files. Readers of the logs treat a missing one as empty.
+  UniqueFd& log = is_stdout ? stdout_log_ : stderr_log_;
+  if (!log && !(is_stdout ? stdout_log_opened_ : stderr_log_opened_)) {
+    (is_stdout ? stdout_log_opened_ : stderr_log_opened_) = true;
+    log = OpenLog(is_stdout ? store_.StdoutLog(record_.id) : store_.StderrLog(record_.id));
+  }
+  AppendCapped(log.Get(), is_stdout ? stdout_logged_ : stderr_logged_, data);
   int terminal = is_stdout ? launch_.stdout_fd : launch_.stderr_fd;
   // A closed terminal pipe must not stop the sandbox: the logs still get everything.
   if (terminal >= 0) (void)protocol::WriteAll(terminal, data);
@@ -134,14 +174,20 @@ bool Supervisor::Killed() {
 
 SandboxRecord Supervisor::Wait() {
   Result<protocol::ExecExit> exit = Fail(ErrorCode::kCancelled, kill_reason_);
+  runtime::PhaseTimer wait_phase("supervisor.main_exec_wait");
   if (main_exec_) exit = main_exec_->Wait();
+  wait_phase.Stop();
   {
     std::lock_guard lock(mutex_);
     finished_ = true;
   }
   killed_cv_.notify_all();
 
-  if (sandbox_ && !killed_) {
+  // Usage goes into the final record, and tells an OOM kill from other deaths; a clean
+  // exit whose record nobody keeps (run --rm) needs neither.
+  bool need_usage = !launch_.remove_record || !exit || exit->signal != 0;
+  if (sandbox_ && !killed_ && need_usage) {
+    runtime::PhaseTimer usage_phase("supervisor.usage");
     if (auto usage = sandbox_->GetUsage()) record_.usage = *usage;
   }
   std::lock_guard lock(mutex_);
@@ -192,7 +238,7 @@ void Supervisor::Kill(SandboxState state, int signo, std::string reason) {
   if (sandbox_) (void)sandbox_->Destroy();
 }
 
-void Supervisor::Teardown() {
+void Supervisor::Teardown(const std::function<void()>& meanwhile) {
   if (torn_down_) return;
   torn_down_ = true;
   {
@@ -202,27 +248,46 @@ void Supervisor::Teardown() {
   killed_cv_.notify_all();
   if (watchdog_.joinable()) watchdog_.join();
   stdin_pump_.reset();
+  runtime::PhaseTimer control_phase("teardown.control_stop");
   if (control_) control_->Stop();
-  // Asking the agent to exit lets the OCI runtime finish by itself, which is faster than
-  // killing the container.
-  if (client_ && !killed_) (void)client_->Shutdown();
+  control_.reset();
+  control_phase.Stop();
+  // Closing the stream ends the agent: at end of file it kills whatever still runs and
+  // exits, and the OCI runtime then finishes by itself, which is faster than killing the
+  // container. Not a Shutdown request: waiting for its answer was one more round trip on
+  // every run's path.
+  runtime::PhaseTimer close_phase("teardown.agent_close");
+  main_exec_.reset();
+  client_.reset();
+  close_phase.Stop();
+  if (meanwhile) meanwhile();
+  runtime::PhaseTimer destroy_phase("teardown.destroy");
   {
     std::lock_guard lock(destroy_mutex_);
     if (sandbox_) (void)sandbox_->Destroy();
   }
-  control_.reset();
-  main_exec_.reset();
-  client_.reset();
+  destroy_phase.Stop();
   sandbox_.reset();
   unlink(store_.ControlSocket(record_.id).c_str());
 }
 
 SandboxRecord Supervisor::Finish() {
   SandboxRecord record = Wait();
-  Teardown();
+  if (launch_.remove_record) {
+    // Nobody keeps this record: it goes while the runtime cleans up, off the run's path.
+    Teardown([&] {
+      runtime::PhaseTimer remove_phase("supervisor.remove_record");
+      (void)store_.Remove(record.id);
+    });
+  } else {
+    Teardown();
+  }
   record.finished_ms = NowMs();
   record_ = record;
-  (void)store_.Save(record);
+  if (!launch_.remove_record) {
+    runtime::PhaseTimer save_phase("supervisor.save_final");
+    (void)store_.Save(record);
+  }
   return record;
 }
 

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -29,6 +30,9 @@ struct Launch {
   int stdin_fd = -1;          // forwarded to the main command when >= 0
   int stdout_fd = -1;         // the main command's output also goes here when >= 0
   int stderr_fd = -1;
+  // run --rm: Finish() removes the record (while the runtime cleans up) instead of saving
+  // the final one.
+  bool remove_record = false;
 };
 
 class Supervisor {
@@ -49,7 +53,8 @@ class Supervisor {
   SandboxRecord Wait();
   bool Killed();
   void OnOutput(protocol::Stream stream, std::string_view data);
-  void Teardown();
+  // `meanwhile` runs once the agent was told to exit, while the runtime cleans up.
+  void Teardown(const std::function<void()>& meanwhile = nullptr);
 
   SandboxStore& store_;
   runtime::Backend& backend_;
@@ -60,7 +65,8 @@ class Supervisor {
   std::unique_ptr<protocol::AgentClient> client_;
   std::unique_ptr<protocol::ExecHandle> main_exec_;
   std::unique_ptr<ControlServer> control_;
-  UniqueFd stdout_log_, stderr_log_;
+  UniqueFd stdout_log_, stderr_log_;  // opened on the first output
+  bool stdout_log_opened_ = false, stderr_log_opened_ = false;
   uint64_t stdout_logged_ = 0, stderr_logged_ = 0;
 
   std::mutex mutex_;          // guards the kill and finish state below

@@ -58,7 +58,6 @@ Result<Lethe> Lethe::Create(const std::string& lower_dir, const std::string& lay
   lethe.layer_dir_ = layer_dir;
   lethe.root_dir_ = root_dir;
   TRY(MakeDir(layer_dir, 0700));
-  TRY(MakeDir(root_dir, 0755));
   // mode=755: the upper dir's parent; the overlay root takes the lower root's mode.
   std::string tmpfs_options = "size=" + std::to_string(size_bytes) + ",mode=700";
   if (mount("tartarus-lethe", layer_dir.c_str(), "tmpfs", MS_NOSUID | MS_NODEV,
@@ -67,6 +66,8 @@ Result<Lethe> Lethe::Create(const std::string& lower_dir, const std::string& lay
   }
   TRY(MakeDir(layer_dir + "/upper", 0755));
   TRY(MakeDir(layer_dir + "/work", 0700));
+  // After the tmpfs: the root may be inside it (the OCI backends put it there).
+  TRY(MakeDir(root_dir, 0755));
   std::string overlay_options =
       "lowerdir=" + lower_dir + ",upperdir=" + layer_dir + "/upper,workdir=" + layer_dir + "/work";
   if (mount("tartarus-lethe", root_dir.c_str(), "overlay", MS_NODEV, overlay_options.c_str()) < 0) {
@@ -96,6 +97,21 @@ Status Lethe::Destroy() {
   layer_dir_.clear();
   root_dir_.clear();
   return Ok();
+}
+
+bool Lethe::DetachNow() {
+  if (layer_dir_.empty() || root_dir_.empty()) return false;
+  // A root outside the tmpfs is not taken along by its detach.
+  if (!root_dir_.starts_with(layer_dir_ + "/") &&
+      umount2(root_dir_.c_str(), MNT_DETACH | UMOUNT_NOFOLLOW) < 0) {
+    return false;
+  }
+  if (umount2(layer_dir_.c_str(), MNT_DETACH | UMOUNT_NOFOLLOW) < 0) return false;
+  // What is left are the empty mount points (the root, if inside, went with the tmpfs).
+  if (!Teardown(layer_dir_, root_dir_)) return false;
+  layer_dir_.clear();
+  root_dir_.clear();
+  return true;
 }
 
 Status Lethe::Teardown(const std::string& layer_dir, const std::string& root_dir) {

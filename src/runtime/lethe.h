@@ -14,7 +14,8 @@ namespace tartarus::runtime {
 class Lethe {
  public:
   // Mounts a tmpfs of `size_bytes` at `layer_dir` (created; holds upper/ and work/), and an
-  // overlay of `lower_dir` + upper at `root_dir` (created). Undoes everything on failure.
+  // overlay of `lower_dir` + upper at `root_dir` (created, after the tmpfs: it may be a
+  // dir inside `layer_dir`). Undoes everything on failure.
   static Result<Lethe> Create(const std::string& lower_dir, const std::string& layer_dir,
                               const std::string& root_dir, uint64_t size_bytes);
 
@@ -29,6 +30,13 @@ class Lethe {
 
   // Unmounts the overlay and the tmpfs and removes both mount points. Idempotent.
   Status Destroy();
+  // Detaches the overlay and the tmpfs (MNT_DETACH) without waiting for their users; only
+  // for the moment every process of the sandbox is gone, when what may still hold the
+  // tmpfs is the OCI runtime's working directory (the bundle), which it drops when it
+  // exits. One detach of the tmpfs takes the overlay on it along, and costs one RCU grace
+  // period instead of two; it overlaps with the runtime's own cleanup. Then removes the
+  // mount points. False when something failed: Destroy() then finishes the job.
+  bool DetachNow();
 
   // The same for dirs left by a dead process: each step is skipped when already done.
   static Status Teardown(const std::string& layer_dir, const std::string& root_dir);

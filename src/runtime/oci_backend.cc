@@ -5,7 +5,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <sys/inotify.h>
+#include <spawn.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/utsname.h>
@@ -15,6 +15,7 @@
 #include <cerrno>
 #include <charconv>
 #include <chrono>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -25,6 +26,7 @@
 #include "runtime/lethe.h"
 #include "runtime/oci_bundle.h"
 #include "runtime/owner.h"
+#include "runtime/phase_trace.h"
 
 namespace tartarus::runtime {
 namespace {
@@ -35,6 +37,8 @@ constexpr milliseconds kStartTimeout{30000};
 constexpr milliseconds kExitTimeout{5000};  // for the runtime, after its init was killed
 constexpr milliseconds kCommandTimeout{15000};
 constexpr size_t kLogTailBytes = 2048;
+// How often WaitStarted looks for the runtime's pid file (see there why not inotify).
+constexpr std::chrono::microseconds kPidFilePoll{1000};
 
 // crun 1.8 misreads hybrid hosts (v1 controllers + a cgroup2 mount at
 // /sys/fs/cgroup/unified) and fails; without that mount it sees plain v1. So every crun
@@ -115,8 +119,10 @@ std::string LogTail(const std::string& path) {
 }
 
 // Removes the files Start writes and the sandbox dirs; never descends into mounts.
+// Once Lethe's tmpfs is gone, only the sandbox dir remains; the other names are the
+// layout of older versions, whose files were on the host's disk.
 Status RemoveSandboxFiles(const std::string& dir) {
-  for (const char* file : {"bundle/config.json", "owner", "runtime", "runtime.log"}) {
+  for (const char* file : {"owner", "bundle/config.json", "runtime", "runtime.log"}) {
     std::string path = dir + "/" + file;
     if (unlink(path.c_str()) < 0 && errno != ENOENT) return FailErrno("unlink " + path);
   }
@@ -141,6 +147,67 @@ Status DeleteContainer(const RuntimeConfig& config, OciRuntime runtime, std::str
                                     " failed (" + output->status.Describe() + "): " + output->err);
   }
   return Ok();
+}
+
+// Starts the OCI runtime with fds 0-2 = `stdio` and nothing else open, default signal
+// dispositions and an empty signal mask. posix_spawn (a vfork-style clone in glibc)
+// instead of common's fork-based Spawn: copying this process's page tables and closing
+// a thousand fds one by one cost 1-2 ms on every run's critical path here; this ~0.25 ms.
+Result<Subprocess> SpawnRuntime(const std::vector<std::string>& argv, const int (&stdio)[3]) {
+  std::string path = FindExecutable(argv.at(0));
+  if (path.empty()) return Fail(ErrorCode::kNotFound, argv[0] + ": executable not found in PATH");
+  // A source fd among 0-2 could be overwritten by an earlier dup2: move it above them.
+  UniqueFd moved[3];
+  int sources[3];
+  for (int i = 0; i < 3; ++i) {
+    sources[i] = stdio[i];
+    if (sources[i] >= 0 && sources[i] < 3) {
+      moved[i].Reset(fcntl(sources[i], F_DUPFD_CLOEXEC, 3));
+      if (!moved[i]) return FailErrno("fcntl F_DUPFD_CLOEXEC");
+      sources[i] = moved[i].Get();
+    }
+  }
+  posix_spawn_file_actions_t actions;
+  posix_spawnattr_t attr;
+  if (int err = posix_spawn_file_actions_init(&actions)) return FailErrno("posix_spawn", err);
+  if (int err = posix_spawnattr_init(&attr)) {
+    posix_spawn_file_actions_destroy(&actions);
+    return FailErrno("posix_spawn", err);
+  }
+  int err = 0;
+  for (int i = 0; i < 3 && !err; ++i) {
+    err = sources[i] >= 0 ? posix_spawn_file_actions_adddup2(&actions, sources[i], i)
+                          : posix_spawn_file_actions_addopen(&actions, i, "/dev/null", O_RDWR, 0);
+  }
+  if (!err) err = posix_spawn_file_actions_addclosefrom_np(&actions, 3);
+  sigset_t none, all;
+  sigemptyset(&none);
+  sigfillset(&all);
+  if (!err) err = posix_spawnattr_setsigmask(&attr, &none);
+  if (!err) err = posix_spawnattr_setsigdefault(&attr, &all);
+  if (!err) err = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+  std::vector<char*> args;
+  for (const auto& arg : argv) args.push_back(const_cast<char*>(arg.c_str()));
+  args.push_back(nullptr);
+  pid_t pid = -1;
+  if (!err) err = posix_spawn(&pid, path.c_str(), &actions, &attr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  posix_spawnattr_destroy(&attr);
+  if (err) return FailErrno("exec " + argv[0], err);
+  return Subprocess(pid);
+}
+
+// Waits up to `timeout` for `fd` (a pidfd: the process exited) to become readable.
+bool WaitReadable(int fd, milliseconds timeout) {
+  pollfd p{fd, POLLIN, 0};
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (true) {
+    auto left =
+        std::chrono::duration_cast<milliseconds>(deadline - std::chrono::steady_clock::now());
+    int ready = poll(&p, 1, static_cast<int>(std::max<int64_t>(left.count(), 0)));
+    if (ready > 0) return true;
+    if (ready == 0 || errno != EINTR) return false;
+  }
 }
 
 int PidfdOpen(pid_t pid) { return static_cast<int>(syscall(SYS_pidfd_open, pid, 0)); }
@@ -173,16 +240,30 @@ class OciSandbox : public Sandbox {
     }
     // Kill the container's init: the kernel then kills its whole pid namespace (or, for
     // gVisor, the whole sandbox), and the foreground runtime cleans up and exits by itself.
+    PhaseTimer wait_phase("destroy.runtime_exit");
+    // Without WaitStarted(): the init pid, if the runtime got that far.
+    if (!started_ && process_.pid() > 0) (void)ReadInitPid();
     if (process_.pid() > 0) {
       auto exited = process_.TryWait();
       if (exited && !exited->has_value()) {
-        if (init_pidfd_) syscall(SYS_pidfd_send_signal, init_pidfd_.Get(), SIGKILL, nullptr, 0);
+        if (init_pidfd_) {
+          syscall(SYS_pidfd_send_signal, init_pidfd_.Get(), SIGKILL, nullptr, 0);
+          // runc and crun: once their init is gone, so is every process and mount of the
+          // container (the kernel reaps the whole pid namespace before the init's pidfd
+          // turns readable), and Lethe can go while the runtime still removes its cgroups
+          // and state. Not gVisor: its gofer, a separate process, still holds files open.
+          if (runtime_ != OciRuntime::kRunsc && WaitReadable(init_pidfd_.Get(), kExitTimeout)) {
+            PhaseTimer early_phase("destroy.lethe_detach");
+            (void)lethe_.DetachNow();
+          }
+        }
         // Without the init's pidfd there is nothing to wait for: kill the runtime at once.
         WaitRuntimeExit(init_pidfd_ ? kExitTimeout : milliseconds(0));
       }
     }
     init_pidfd_.Reset();
     runtime_pidfd_.Reset();
+    wait_phase.Stop();
     // Every step runs even when an earlier one failed, so a failure leaks as little as
     // possible; the first error is reported and a later Destroy() retries.
     Status first = Ok();
@@ -191,7 +272,10 @@ class OciSandbox : public Sandbox {
     };
     // Only when the runtime did not get to clean up (it was killed, or died).
     step(DeleteContainer(config_, runtime_, id_));
+    PhaseTimer lethe_phase("destroy.lethe");
     step(lethe_.Destroy());
+    lethe_phase.Stop();
+    PhaseTimer cgroup_phase("destroy.cgroups+files");
     if (!RemoveCgroupPath(std::string(kCgroupRoot), CgroupsPathFor(id_))) {
       // Busy: something outlived the runtime (it was killed before it could clean up).
       KillCgroupProcesses(CgroupDirsForPath(std::string(kCgroupRoot), CgroupsPathFor(id_)));
@@ -211,16 +295,26 @@ class OciSandbox : public Sandbox {
       return FailErrno("mkdir " + dir_);
     }
     created_dir_ = true;
+    PhaseTimer lethe_phase("start.lethe");
+    // Lethe's tmpfs is mounted on the sandbox dir itself and holds every file of the run:
+    // it is also the OCI bundle. Files and dirs on the host's disk cost on every run: CPU
+    // to allocate inodes, and on these hosts (ext4 with `discard`) a synchronous discard
+    // for every directory removed. A crash before `owner` is written leaves a dir without
+    // one, which CleanupLeftovers removes after a minute.
+    std::string bundle = dir_;
+    lethe_ = TRY(Lethe::Create(spec.rootfs, dir_, dir_ + "/rootfs", spec.limits.disk_bytes));
+    lethe_phase.Stop();
+    PhaseTimer owner_phase("start.owner");
     auto owner = TRY(CurrentProcessOwner());
     TRY(WriteFileAtomic(dir_ + "/owner", FormatOwnerRecord(owner), Durability::kNoFsync, 0600));
-    std::string bundle = dir_ + "/bundle";
-    if (mkdir(bundle.c_str(), 0700) < 0) return FailErrno("mkdir " + bundle);
-    lethe_ = TRY(
-        Lethe::Create(spec.rootfs, dir_ + "/layer", bundle + "/rootfs", spec.limits.disk_bytes));
+    owner_phase.Stop();
+    PhaseTimer bundle_phase("start.bundle");
     OciProfileOptions profile;
     if (runtime_ == OciRuntime::kRunsc) profile.runtime_host_pids = kGvisorRuntimeHostPids;
     TRY(WriteOciBundle(bundle, spec, profile));
 
+    bundle_phase.Stop();
+    PhaseTimer spawn_phase("start.spawn_runtime");
     int to_agent[2], from_agent[2];
     if (pipe2(to_agent, O_CLOEXEC) < 0) return FailErrno("pipe2");
     UniqueFd agent_stdin(to_agent[0]);
@@ -228,77 +322,89 @@ class OciSandbox : public Sandbox {
     if (pipe2(from_agent, O_CLOEXEC) < 0) return FailErrno("pipe2");
     from_agent_.Reset(from_agent[0]);
     UniqueFd agent_stdout(from_agent[1]);
-    std::string log_path = dir_ + "/runtime.log";
+    std::string log_path = bundle + "/runtime.log";
     UniqueFd log(open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
     if (!log) return FailErrno("creating " + log_path);
 
     // On Lethe's tmpfs: runc writes it with O_SYNC, which costs milliseconds on a disk.
-    std::string pid_path = dir_ + "/layer/init.pid";
-    SpawnOptions options;
-    options.argv = RuntimePrefix(runtime_, config_);
+    std::string pid_path = bundle + "/init.pid";
+    std::vector<std::string> argv = RuntimePrefix(runtime_, config_);
     for (const std::string& arg : {std::string("run"), std::string("--bundle"), bundle,
                                    std::string("--pid-file"), pid_path, id_}) {
-      options.argv.push_back(arg);
+      argv.push_back(arg);
     }
-    options.fds = {{0, agent_stdin.Get()}, {1, agent_stdout.Get()}, {2, log.Get()}};
     // Not die_with_parent: the owner supervises, and CleanupLeftovers handles its death.
     // No new session either: with scheduler autogroups it made every start ~10 ms slower
     // here; a terminal's SIGINT reaching the runtime is forwarded to the agent, which as
     // PID 1 ignores signals it has no handler for.
-    options.new_session = false;
-    process_ = TRY(Spawn(options));
+    process_ = TRY(SpawnRuntime(argv, {agent_stdin.Get(), agent_stdout.Get(), log.Get()}));
     // Recorded for CleanupLeftovers: the runtime outlives a killed owner.
     if (auto start = ProcessStartTime(process_.pid())) {
-      (void)WriteFileAtomic(dir_ + "/runtime", FormatOwnerRecord({process_.pid(), *start}),
+      (void)WriteFileAtomic(bundle + "/runtime", FormatOwnerRecord({process_.pid(), *start}),
                             Durability::kNoFsync, 0600);
     }
     agent_stdin.Reset();
     agent_stdout.Reset();
     runtime_pidfd_.Reset(PidfdOpen(process_.pid()));  // our unreaped child: cannot be reused
 
-    // Up once the runtime wrote the init pid; an early exit is a startup error. inotify and
-    // the runtime's pidfd wake us exactly when either happens (this is on every run's path).
-    UniqueFd inotify(inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
-    if (inotify) {
-      inotify_add_watch(inotify.Get(), (dir_ + "/layer").c_str(), IN_CLOSE_WRITE | IN_MOVED_TO);
-    }
-    auto deadline = std::chrono::steady_clock::now() + kStartTimeout;
-    int pid = 0;
-    while (true) {
-      // runsc creates the file before writing it: wait for a whole number.
-      if (auto text = ReadSmallFile(pid_path, 64); text && !text->empty() && text->back() != ' ') {
-        int value = 0;
-        auto [ptr, ec] = std::from_chars(text->data(), text->data() + text->size(), value);
-        if (ec == std::errc() && value > 0) {
-          pid = value;
-          break;
-        }
+    spawn_phase.Stop();
+    start_deadline_ = std::chrono::steady_clock::now() + kStartTimeout;
+    log_path_ = log_path;
+    pid_path_ = pid_path;
+    return Ok();
+  }
+
+  // Not in Start: the agent's handshake tells when the sandbox runs, and it overlaps with
+  // the runtime's last steps (writing the pid file, waking us). By the time the caller
+  // gets here the pid file is normally there. The runtime's pidfd wakes us when it exits;
+  // otherwise the pid file is looked at every kPidFilePoll. Not inotify: closing an
+  // inotify instance waits for an SRCU grace period in the kernel (the destruction of its
+  // watch), 6-11 ms of uninterruptible sleep on every run on the dev VMs.
+  Status WaitStarted() override {
+    if (started_) return Ok();
+    if (start_error_) return Fail(*start_error_);
+    PhaseTimer phase("start.wait_init_pid");
+    std::string runtime = BinaryName(runtime_);
+    while (!ReadInitPid()) {
+      if (process_.pid() < 0) {
+        start_error_ = Error{ErrorCode::kFailedPrecondition, runtime + " is not running"};
+        return Fail(*start_error_);
       }
       auto exited = TRY(process_.TryWait());
       if (exited) {
-        return Fail(ErrorCode::kFailedPrecondition, std::string(BinaryName(runtime_)) +
-                                                        " run exited early (" + exited->Describe() +
-                                                        "): " + LogTail(log_path));
+        start_error_ = Error{
+            ErrorCode::kFailedPrecondition,
+            runtime + " run exited early (" + exited->Describe() + "): " + LogTail(log_path_)};
+        return Fail(*start_error_);
       }
-      if (std::chrono::steady_clock::now() > deadline) {
-        return Fail(ErrorCode::kTimeout,
-                    std::string(BinaryName(runtime_)) +
-                        " run did not start the sandbox in time: " + LogTail(log_path));
+      if (std::chrono::steady_clock::now() > start_deadline_) {
+        start_error_ =
+            Error{ErrorCode::kTimeout,
+                  runtime + " run did not start the sandbox in time: " + LogTail(log_path_)};
+        return Fail(*start_error_);
       }
-      // The timeout also covers a missing inotify or pidfd (old kernels): then we poll.
-      pollfd fds[2] = {{inotify.Get(), POLLIN, 0}, {runtime_pidfd_.Get(), POLLIN, 0}};
-      int wait_ms = inotify && runtime_pidfd_ ? 100 : 2;
-      if (poll(fds, 2, wait_ms) > 0 && (fds[0].revents & POLLIN)) {
-        char events[4096];
-        while (read(inotify.Get(), events, sizeof events) > 0) {
-        }
-      }
+      // Without a pidfd (old kernels) this is a plain sleep.
+      pollfd exit_fd{runtime_pidfd_.Get(), POLLIN, 0};
+      timespec interval{0, std::chrono::nanoseconds(kPidFilePoll).count()};
+      (void)ppoll(&exit_fd, 1, &interval, nullptr);
     }
-    if (pid > 0) init_pidfd_.Reset(PidfdOpen(pid));
     return Ok();
   }
 
  private:
+  // Reads the pid file once; true (and the init's pidfd taken) when it holds the pid.
+  bool ReadInitPid() {
+    // runsc creates the file before writing it: wait for a whole number.
+    auto text = ReadSmallFile(pid_path_, 64);
+    if (!text || text->empty() || text->back() == ' ') return false;
+    int pid = 0;
+    auto [ptr, ec] = std::from_chars(text->data(), text->data() + text->size(), pid);
+    if (ec != std::errc() || pid <= 0) return false;
+    init_pidfd_.Reset(PidfdOpen(pid));
+    started_ = true;
+    return true;
+  }
+
   // Waits up to `timeout` for the runtime process to exit, then kills and reaps it.
   void WaitRuntimeExit(milliseconds timeout) {
     if (runtime_pidfd_ && timeout.count() > 0) {
@@ -326,6 +432,11 @@ class OciSandbox : public Sandbox {
   UniqueFd to_agent_;
   UniqueFd from_agent_;
   Lethe lethe_;
+  std::string log_path_;
+  std::string pid_path_;
+  std::chrono::steady_clock::time_point start_deadline_;
+  bool started_ = false;  // the init pid is known
+  std::optional<Error> start_error_;
   bool created_dir_ = false;
   bool destroyed_ = false;
 };
@@ -446,6 +557,10 @@ Status TeardownSandboxState(const RuntimeConfig& config, std::string_view id) {
   }
   // Whatever still runs in the sandbox's cgroup (the runtime's state may have been lost).
   KillCgroupProcesses(CgroupDirsForPath(std::string(kCgroupRoot), CgroupsPathFor(id)));
+  // Lethe: the overlay and the tmpfs on the sandbox dir; then the same in the layout of
+  // older versions (<dir>/layer and <dir>/bundle/rootfs on the host's disk).
+  step(UnmountIfMounted(dir + "/rootfs"));
+  step(UnmountIfMounted(dir));
   step(Lethe::Teardown(dir + "/layer", dir + "/bundle/rootfs"));
   step(RemoveCgroupPath(std::string(kCgroupRoot), CgroupsPathFor(id)));
   if (first) step(RemoveSandboxFiles(dir));

@@ -3,12 +3,14 @@
 // (oci_bundle.h) on a Lethe root and hand back the agent's stdio as the byte stream.
 //
 // State layout under <state_dir>/runtime:
-//   sandboxes/<id>/owner            "<pid> <start time>" of the process that called Start
-//   sandboxes/<id>/runtime          "<pid> <start time>" of the OCI runtime process
-//   sandboxes/<id>/runtime.log      the OCI runtime's stderr (startup errors)
-//   sandboxes/<id>/layer            Lethe tmpfs (upper/, work/, and init.pid: the pid
-//                                   of the container's init, or of gVisor's sandbox)
-//   sandboxes/<id>/bundle           config.json and rootfs (the overlay)
+//   sandboxes/<id>/                 Lethe's tmpfs (mounted on the dir), also the OCI bundle:
+//     owner                         "<pid> <start time>" of the process that called Start
+//     upper/ work/                  the overlay's writable layer
+//     rootfs/                       the overlay: the sandbox's root
+//     config.json                   the OCI config
+//     init.pid                      the pid of the container's init (gVisor: its sandbox)
+//     runtime                       "<pid> <start time>" of the OCI runtime process
+//     runtime.log                   the OCI runtime's stderr (startup errors)
 //   runc/, crun/, runsc/            the runtimes' own --root state
 #pragma once
 

@@ -5,7 +5,10 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
+#include <initializer_list>
 #include <string>
+#include <string_view>
 
 #include "common/unique_fd.h"
 
@@ -51,36 +54,151 @@ constexpr uint64_t kPersonalityQueryBit = 0x80000000;
 constexpr int kEperm = EPERM;
 constexpr int kEnosys = ENOSYS;
 
-json MaskedEqRule(const std::string& name, uint64_t mask, uint64_t value, int errno_ret) {
-  return json{
-      {"names", {name}},
-      {"action", "SCMP_ACT_ERRNO"},
-      {"errnoRet", errno_ret},
-      {"args",
-       {{{"index", 0}, {"value", mask}, {"valueTwo", value}, {"op", "SCMP_CMP_MASKED_EQ"}}}}};
-}
+// A minimal JSON writer. config.json is written on every run, before the runtime can
+// start: building it as nlohmann::json and dumping that took ~2M instructions (~0.7 ms
+// here), this ~1/20 of it. Commas are placed by the writer; strings are escaped, and a
+// string that is not valid UTF-8 makes the whole text invalid (ok() is false).
+class JsonWriter {
+ public:
+  JsonWriter() { out_.reserve(8192); }
 
-json SeccompProfile() {
-  json syscalls = json::array();
-  syscalls.push_back(
-      json{{"names", DeniedSyscalls()}, {"action", "SCMP_ACT_ERRNO"}, {"errnoRet", kEperm}});
-  // ENOSYS, not EPERM: libc then falls back to clone(), whose flags seccomp can see.
-  syscalls.push_back(
-      json{{"names", {"clone3"}}, {"action", "SCMP_ACT_ERRNO"}, {"errnoRet", kEnosys}});
-  for (uint64_t flag : kCloneNewFlags)
-    syscalls.push_back(MaskedEqRule("clone", flag, flag, kEperm));
-  for (uint64_t flag : kPersonalityDenyFlags) {
-    syscalls.push_back(MaskedEqRule("personality", flag | kPersonalityQueryBit, flag, kEperm));
+  JsonWriter& Open(char bracket) {
+    Comma();
+    out_ += bracket;
+    first_ = true;
+    return *this;
   }
-  return json{{"defaultAction", "SCMP_ACT_ALLOW"},
-              {"architectures", {"SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"}},
-              {"syscalls", syscalls}};
+  JsonWriter& Close(char bracket) {
+    out_ += bracket;
+    first_ = false;
+    return *this;
+  }
+  JsonWriter& Key(std::string_view key) {
+    String(key);
+    out_ += ':';
+    first_ = true;
+    return *this;
+  }
+  JsonWriter& String(std::string_view text) {
+    Comma();
+    AppendQuoted(text);
+    return *this;
+  }
+  JsonWriter& Int(int64_t value) {
+    Comma();
+    out_ += std::to_string(value);
+    return *this;
+  }
+  JsonWriter& Uint(uint64_t value) {
+    Comma();
+    out_ += std::to_string(value);
+    return *this;
+  }
+  JsonWriter& Bool(bool value) {
+    Comma();
+    out_ += value ? "true" : "false";
+    return *this;
+  }
+  template <class Strings>
+  JsonWriter& StringArray(const Strings& items) {
+    Open('[');
+    for (const auto& item : items) String(item);
+    return Close(']');
+  }
+  JsonWriter& StringArray(std::initializer_list<std::string_view> items) {
+    return StringArray<std::initializer_list<std::string_view>>(items);
+  }
+
+  bool ok() const { return valid_; }
+  std::string Take() { return std::move(out_); }
+
+ private:
+  void Comma() {
+    if (!first_) out_ += ',';
+    first_ = false;
+  }
+
+  void AppendQuoted(std::string_view text) {
+    out_ += '"';
+    for (size_t i = 0; i < text.size(); ++i) {
+      auto c = static_cast<unsigned char>(text[i]);
+      if (c == '"' || c == '\\') {
+        out_ += '\\';
+        out_ += static_cast<char>(c);
+      } else if (c < 0x20) {
+        char escaped[8];
+        std::snprintf(escaped, sizeof escaped, "\\u%04x", c);
+        out_ += escaped;
+      } else if (c < 0x80) {
+        out_ += static_cast<char>(c);
+      } else {
+        size_t length = Utf8SequenceLength(text.substr(i));
+        if (length == 0) {
+          valid_ = false;
+          return;
+        }
+        out_.append(text.substr(i, length));
+        i += length - 1;
+      }
+    }
+    out_ += '"';
+  }
+
+  // Length of the UTF-8 sequence `text` starts with; 0 when it is not valid UTF-8
+  // (overlong forms, surrogates and code points past U+10FFFF included).
+  static size_t Utf8SequenceLength(std::string_view text) {
+    auto byte = [&](size_t i) { return static_cast<unsigned char>(text[i]); };
+    unsigned char lead = byte(0);
+    size_t length = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 0;
+    if (length == 0 || lead == 0xC0 || lead == 0xC1 || lead > 0xF4 || text.size() < length) {
+      return 0;
+    }
+    for (size_t i = 1; i < length; ++i) {
+      if ((byte(i) & 0xC0) != 0x80) return 0;
+    }
+    unsigned char second = byte(1);
+    if ((lead == 0xE0 && second < 0xA0) || (lead == 0xED && second > 0x9F) ||
+        (lead == 0xF0 && second < 0x90) || (lead == 0xF4 && second > 0x8F)) {
+      return 0;
+    }
+    return length;
+  }
+
+  std::string out_;
+  bool first_ = true;
+  bool valid_ = true;
+};
+
+void MaskedEqRule(JsonWriter& w, std::string_view name, uint64_t mask, uint64_t value,
+                  int errno_ret) {
+  w.Open('{').Key("names").StringArray({name});
+  w.Key("action").String("SCMP_ACT_ERRNO").Key("errnoRet").Int(errno_ret);
+  w.Key("args").Open('[').Open('{');
+  w.Key("index").Int(0).Key("value").Uint(mask).Key("valueTwo").Uint(value);
+  w.Key("op").String("SCMP_CMP_MASKED_EQ");
+  w.Close('}').Close(']').Close('}');
 }
 
-json Mount(const std::string& destination, const std::string& type, const std::string& source,
-           std::vector<std::string> options) {
-  return json{
-      {"destination", destination}, {"type", type}, {"source", source}, {"options", options}};
+void SeccompProfile(JsonWriter& w) {
+  w.Open('{').Key("defaultAction").String("SCMP_ACT_ALLOW");
+  w.Key("architectures").StringArray({"SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"});
+  w.Key("syscalls").Open('[');
+  w.Open('{').Key("names").StringArray(DeniedSyscalls());
+  w.Key("action").String("SCMP_ACT_ERRNO").Key("errnoRet").Int(kEperm).Close('}');
+  // ENOSYS, not EPERM: libc then falls back to clone(), whose flags seccomp can see.
+  w.Open('{').Key("names").StringArray({"clone3"});
+  w.Key("action").String("SCMP_ACT_ERRNO").Key("errnoRet").Int(kEnosys).Close('}');
+  for (uint64_t flag : kCloneNewFlags) MaskedEqRule(w, "clone", flag, flag, kEperm);
+  for (uint64_t flag : kPersonalityDenyFlags) {
+    MaskedEqRule(w, "personality", flag | kPersonalityQueryBit, flag, kEperm);
+  }
+  w.Close(']').Close('}');
+}
+
+void Mount(JsonWriter& w, std::string_view destination, std::string_view type,
+           std::string_view source, std::initializer_list<std::string_view> options) {
+  w.Open('{').Key("destination").String(destination).Key("type").String(type);
+  w.Key("source").String(source).Key("options").StringArray(options).Close('}');
 }
 
 }  // namespace
@@ -183,8 +301,8 @@ const std::vector<std::string>& DeniedSyscalls() {
   return names;
 }
 
-Result<nlohmann::json> MakeOciConfig(const SandboxSpec& spec, const std::string& rootfs_dir,
-                                     const OciProfileOptions& options) {
+Result<std::string> OciConfigText(const SandboxSpec& spec, const std::string& rootfs_dir,
+                                  const OciProfileOptions& options) {
   TRY(ValidateSandboxId(spec.id));
   if (spec.agent_path.empty() || spec.agent_path[0] != '/') {
     return Fail(ErrorCode::kInvalidArgument, "agent path must be absolute: " + spec.agent_path);
@@ -205,89 +323,89 @@ Result<nlohmann::json> MakeOciConfig(const SandboxSpec& spec, const std::string&
   if (spec.limits.memory_bytes > static_cast<uint64_t>(INT64_MAX)) {
     return Fail(ErrorCode::kInvalidArgument, "memory limit too large");
   }
-  try {
-    const auto& caps = AgentCapabilities();
-    json process = {
-        {"terminal", false},
-        {"user", {{"uid", 0}, {"gid", 0}}},
-        {"args", {std::string(kAgentGuestPath), "--stdio"}},
-        {"env", {kPath}},
-        {"cwd", "/"},
-        {"capabilities",
-         {{"bounding", caps},
-          {"effective", caps},
-          {"permitted", caps},
-          {"inheritable", json::array()},
-          {"ambient", json::array()}}},
-        {"rlimits",
-         {{{"type", "RLIMIT_NOFILE"},
-           {"hard", spec.limits.open_files},
-           {"soft", spec.limits.open_files}},
-          {{"type", "RLIMIT_CORE"}, {"hard", 0}, {"soft", 0}}}},
-        {"noNewPrivileges", true},
-    };
-    json mounts = json::array({
-        Mount("/proc", "proc", "proc", {"nosuid", "noexec", "nodev"}),
-        Mount("/dev", "tmpfs", "tmpfs", {"nosuid", "strictatime", "mode=755", "size=65536k"}),
-        Mount("/dev/pts", "devpts", "devpts",
-              {"nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"}),
-        Mount("/dev/shm", "tmpfs", "shm",
-              {"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}),
-        Mount("/dev/mqueue", "mqueue", "mqueue", {"nosuid", "noexec", "nodev"}),
-        Mount("/sys", "sysfs", "sysfs", {"nosuid", "noexec", "nodev", "ro"}),
-        Mount("/sys/fs/cgroup", "cgroup", "cgroup",
-              {"nosuid", "noexec", "nodev", "relatime", "ro"}),
-        Mount(std::string(kAgentGuestPath), "bind", spec.agent_path,
-              {"rbind", "ro", "nosuid", "nodev"}),
-    });
-    json resources = {
-        {"devices", {{{"allow", false}, {"access", "rwm"}}}},
-        {"memory",
-         {{"limit", static_cast<int64_t>(spec.limits.memory_bytes)},
-          {"swap", static_cast<int64_t>(spec.limits.memory_bytes)}}},
-        {"cpu", {{"quota", CpuQuotaUs(spec.limits.millicpus)}, {"period", kCpuPeriodUs}}},
-        {"pids", {{"limit", static_cast<int64_t>(spec.limits.pids) + options.runtime_host_pids}}},
-    };
-    json linux = {
-        {"namespaces",
-         {{{"type", "pid"}},
-          {{"type", "mount"}},
-          {{"type", "ipc"}},
-          {{"type", "uts"}},
-          {{"type", "network"}},
-          {{"type", "cgroup"}}}},
-        {"cgroupsPath", CgroupsPathFor(spec.id)},
-        {"resources", resources},
-        {"seccomp", SeccompProfile()},
-        {"maskedPaths",
-         {"/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-          "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
-          "/sys/firmware", "/sys/devices/virtual/powercap"}},
-        {"readonlyPaths",
-         {"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"}},
-    };
-    return json{
-        {"ociVersion", "1.0.2"},
-        {"process", process},
-        {"root", {{"path", rootfs_dir}, {"readonly", false}}},
-        {"hostname", spec.hostname},
-        {"mounts", mounts},
-        {"linux", linux},
-    };
-  } catch (const std::exception& e) {
-    return Fail(ErrorCode::kInternal, std::string("building config.json: ") + e.what());
+  const auto& caps = AgentCapabilities();
+  JsonWriter w;
+  w.Open('{').Key("ociVersion").String("1.0.2");
+
+  w.Key("process").Open('{');
+  w.Key("terminal").Bool(false);
+  w.Key("user").Open('{').Key("uid").Int(0).Key("gid").Int(0).Close('}');
+  w.Key("args").StringArray({kAgentGuestPath, "--stdio"});
+  w.Key("env").StringArray({kPath});
+  w.Key("cwd").String("/");
+  w.Key("capabilities").Open('{');
+  for (const char* set : {"bounding", "effective", "permitted"}) w.Key(set).StringArray(caps);
+  w.Key("inheritable").Open('[').Close(']').Key("ambient").Open('[').Close(']');
+  w.Close('}');
+  w.Key("rlimits").Open('[');
+  w.Open('{').Key("type").String("RLIMIT_NOFILE");
+  w.Key("hard").Uint(spec.limits.open_files).Key("soft").Uint(spec.limits.open_files).Close('}');
+  w.Open('{').Key("type").String("RLIMIT_CORE").Key("hard").Int(0).Key("soft").Int(0).Close('}');
+  w.Close(']');
+  w.Key("noNewPrivileges").Bool(true);
+  w.Close('}');
+
+  w.Key("root").Open('{').Key("path").String(rootfs_dir).Key("readonly").Bool(false).Close('}');
+  w.Key("hostname").String(spec.hostname);
+
+  w.Key("mounts").Open('[');
+  Mount(w, "/proc", "proc", "proc", {"nosuid", "noexec", "nodev"});
+  Mount(w, "/dev", "tmpfs", "tmpfs", {"nosuid", "strictatime", "mode=755", "size=65536k"});
+  Mount(w, "/dev/pts", "devpts", "devpts",
+        {"nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"});
+  Mount(w, "/dev/shm", "tmpfs", "shm", {"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"});
+  Mount(w, "/dev/mqueue", "mqueue", "mqueue", {"nosuid", "noexec", "nodev"});
+  Mount(w, "/sys", "sysfs", "sysfs", {"nosuid", "noexec", "nodev", "ro"});
+  Mount(w, "/sys/fs/cgroup", "cgroup", "cgroup", {"nosuid", "noexec", "nodev", "relatime", "ro"});
+  Mount(w, kAgentGuestPath, "bind", spec.agent_path, {"rbind", "ro", "nosuid", "nodev"});
+  w.Close(']');
+
+  w.Key("linux").Open('{');
+  w.Key("namespaces").Open('[');
+  for (const char* type : {"pid", "mount", "ipc", "uts", "network", "cgroup"}) {
+    w.Open('{').Key("type").String(type).Close('}');
   }
+  w.Close(']');
+  w.Key("cgroupsPath").String(CgroupsPathFor(spec.id));
+  w.Key("resources").Open('{');
+  w.Key("devices").Open('[').Open('{').Key("allow").Bool(false).Key("access").String("rwm");
+  w.Close('}').Close(']');
+  auto memory = static_cast<int64_t>(spec.limits.memory_bytes);
+  w.Key("memory").Open('{').Key("limit").Int(memory).Key("swap").Int(memory).Close('}');
+  w.Key("cpu").Open('{').Key("quota").Int(CpuQuotaUs(spec.limits.millicpus));
+  w.Key("period").Uint(kCpuPeriodUs).Close('}');
+  w.Key("pids").Open('{').Key("limit");
+  w.Int(static_cast<int64_t>(spec.limits.pids) + options.runtime_host_pids).Close('}');
+  w.Close('}');
+  w.Key("seccomp");
+  SeccompProfile(w);
+  w.Key("maskedPaths")
+      .StringArray({"/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys",
+                    "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
+                    "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
+                    "/sys/devices/virtual/powercap"});
+  w.Key("readonlyPaths")
+      .StringArray({"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"});
+  w.Close('}');
+  w.Close('}');
+  if (!w.ok()) {
+    return Fail(ErrorCode::kInvalidArgument,
+                "config.json: the root, agent path or hostname is not valid UTF-8");
+  }
+  return w.Take();
+}
+
+Result<nlohmann::json> MakeOciConfig(const SandboxSpec& spec, const std::string& rootfs_dir,
+                                     const OciProfileOptions& options) {
+  std::string text = TRY(OciConfigText(spec, rootfs_dir, options));
+  json config = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (config.is_discarded()) return Fail(ErrorCode::kInternal, "config.json does not parse");
+  return config;
 }
 
 Status WriteOciBundle(const std::string& bundle_dir, const SandboxSpec& spec,
                       const OciProfileOptions& options) {
-  auto config = TRY(MakeOciConfig(spec, bundle_dir + "/rootfs", options));
-  std::string text;
-  try {
-    text = config.dump(2);
-  } catch (const std::exception& e) {
-    return Fail(ErrorCode::kInvalidArgument, std::string("config.json: ") + e.what());
-  }
+  std::string text = TRY(OciConfigText(spec, bundle_dir + "/rootfs", options));
   std::string path = bundle_dir + "/config.json";
   UniqueFd fd(open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
   if (!fd) return FailErrno("creating " + path);

@@ -44,8 +44,12 @@ struct OciProfileOptions {
 // sentry and gofer, one ptrace stub per guest address space): measured, see runtime.md.
 inline constexpr uint32_t kGvisorRuntimeHostPids = 128;
 
-// config.json for `spec`; `rootfs_dir` is the (already mounted) root, usually
-// "<bundle>/rootfs". Never throws.
+// The text of config.json for `spec`; `rootfs_dir` is the (already mounted) root, usually
+// "<bundle>/rootfs". Fails on invalid specs and on paths that are not valid UTF-8.
+Result<std::string> OciConfigText(const SandboxSpec& spec, const std::string& rootfs_dir,
+                                  const OciProfileOptions& options = {});
+
+// The same, parsed (for tests and inspection). Never throws.
 Result<nlohmann::json> MakeOciConfig(const SandboxSpec& spec, const std::string& rootfs_dir,
                                      const OciProfileOptions& options = {});
 

@@ -286,6 +286,27 @@ TEST(OciConfigTest, BadSpecsFailWithoutThrowing) {
   rmdir(dir);
 }
 
+TEST(OciConfigTest, StringsAreEscapedAndMustBeUtf8) {
+  SandboxSpec spec = TestSpec();
+  spec.agent_path = "/odd \"quoted\" \\ path\n\x01/\xc3\xa9/\xf0\x9f\x90\x8d";
+  auto config = MakeOciConfig(spec, "/r");
+  ASSERT_TRUE(config) << config.error().message;
+  bool found = false;
+  for (const auto& mount : (*config)["mounts"]) {
+    if (mount["destination"] == "/.tartarus/agent") {
+      EXPECT_EQ(mount["source"], spec.agent_path);
+      found = true;
+    }
+  }
+  EXPECT_TRUE(found);
+  for (const std::string& bad : {std::string("/\xff"), std::string("/\xc0\xaf"),
+                                 std::string("/\xed\xa0\x80"), std::string("/\xe2\x82")}) {
+    auto rejected = MakeOciConfig(TestSpec(), bad);
+    ASSERT_FALSE(rejected) << bad;
+    EXPECT_EQ(rejected.error().code, ErrorCode::kInvalidArgument);
+  }
+}
+
 TEST(OciConfigTest, WriteOciBundleWritesParseableJson) {
   char dir[] = "/tmp/tartarus-bundle-XXXXXX";
   ASSERT_NE(mkdtemp(dir), nullptr);

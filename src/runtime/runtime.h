@@ -52,6 +52,12 @@ class Sandbox {
   virtual UniqueFd TakeFromAgent() = 0;
   virtual UniqueFd TakeToAgent() = 0;
   virtual Result<Usage> GetUsage() = 0;
+  // Waits until the runtime has started the sandbox (the backend knows its init process),
+  // or fails with the runtime's own error (it exited early, or took too long). Start()
+  // returns before that, so that the caller's handshake with the agent, which answers as
+  // soon as it runs, overlaps with the runtime's last steps; call this after the
+  // handshake, and when the handshake failed, for the reason. Idempotent.
+  virtual Status WaitStarted() = 0;
   // Kills every process of the sandbox and removes all its host state (processes, mounts,
   // cgroups, directories). Idempotent.
   virtual Status Destroy() = 0;
@@ -69,6 +75,8 @@ class Backend {
   // Fails with a clear, actionable message when this host cannot run the backend
   // (binary missing, unusable cgroups, ...).
   virtual Status CheckAvailable() const = 0;
+  // Prepares the sandbox and starts its runtime, without waiting for the sandbox to run:
+  // see Sandbox::WaitStarted(). Bytes written to the agent's stream meanwhile wait in it.
   virtual Result<std::unique_ptr<Sandbox>> Start(const SandboxSpec& spec) = 0;
 };
 

@@ -201,6 +201,11 @@ TEST_P(RuntimeIntegrationTest, IsolationProfile) {
   auto echo = agent.Run("echo hello stream");
   EXPECT_EQ(echo.code, 0) << ReadOr(SandboxDir(config_, id) + "/runtime.log");
   EXPECT_EQ(echo.out, "hello stream\n");
+  // The agent answered: the runtime has started the sandbox (the other tests Destroy
+  // without asking, which must work as well).
+  auto started = (*sandbox)->WaitStarted();
+  EXPECT_TRUE(started) << started.error().message;
+  EXPECT_TRUE((*sandbox)->WaitStarted());  // idempotent
   EXPECT_EQ(agent.Run("hostname").out, "sbx-" + id + "\n");
   // A new network namespace: loopback only.
   auto net = agent.Run("cut -d: -f1 /proc/net/dev | tail -n +3 | tr -d ' '");
@@ -265,6 +270,8 @@ TEST_P(RuntimeIntegrationTest, MemoryLimitAndUsage) {
   auto sandbox = backend_->Start(Spec(id));
   ASSERT_TRUE(sandbox) << sandbox.error().message;
   AgentClient agent((*sandbox)->TakeToAgent(), (*sandbox)->TakeFromAgent());
+  // Start does not wait for the runtime to create the cgroup.
+  ASSERT_TRUE((*sandbox)->WaitStarted());
 
   auto usage = (*sandbox)->GetUsage();
   ASSERT_TRUE(usage) << usage.error().message;
@@ -332,9 +339,15 @@ TEST_P(RuntimeIntegrationTest, StartFailsWithRuntimeError) {
   ASSERT_TRUE(WriteSmallFile(spec.agent_path, "no"));
   auto sandbox = backend_->Start(spec);
   if (sandbox) {
-    // Some runtimes report exec failures only on the stream: it must end at once.
+    // Start does not wait for the sandbox: the stream must end at once, and WaitStarted
+    // reports the runtime's error (some runtimes report exec failures only on the stream).
     AgentClient agent((*sandbox)->TakeToAgent(), (*sandbox)->TakeFromAgent());
     EXPECT_EQ(agent.Run("true", milliseconds(10000)).code, -1);
+    auto started = (*sandbox)->WaitStarted();
+    if (!started) {
+      EXPECT_NE(started.error().message.find("exited early"), std::string::npos)
+          << started.error().message;
+    }
     ASSERT_TRUE((*sandbox)->Destroy());
   } else {
     EXPECT_NE(sandbox.error().message.find("exited early"), std::string::npos)
@@ -353,7 +366,7 @@ TEST_P(RuntimeIntegrationTest, CleanupLeftoversAfterOwnerIsKilled) {
   if (child == 0) {
     close(ready[0]);
     auto sandbox = backend_->Start(spec);
-    char status = sandbox ? 'y' : 'n';
+    char status = sandbox && (*sandbox)->WaitStarted() ? 'y' : 'n';
     if (write(ready[1], &status, 1) != 1) _exit(1);
     if (sandbox) (void)(*sandbox)->TakeToAgent().Release();  // keep the agent alive
     while (true) pause();

@@ -8,8 +8,8 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
-#include "common/units.h"
 #include "common/sha256.h"
+#include "common/units.h"
 
 namespace tartarus::templates {
 namespace {

@@ -1,0 +1,603 @@
+// tartarus CLI, API mode: sandbox commands over Olympus's HTTP API (docs/openapi.yaml).
+#include "cli/api_commands.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <yaml-cpp/yaml.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include "cli/api_client.h"
+#include "cli/table.h"
+#include "common/file_util.h"
+#include "common/units.h"
+
+namespace tartarus::cli {
+namespace {
+
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+// The API refuses file bodies above this (PUT /v1/sandboxes/{id}/files).
+constexpr uint64_t kMaxApiFileBytes = 64ull << 20;
+
+void WriteAll(int fd, std::string_view data) {
+  while (!data.empty()) {
+    ssize_t n = write(fd, data.data(), data.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return;  // a closed stdout: keep following so the sandbox is still waited for
+    data.remove_prefix(static_cast<size_t>(n));
+  }
+}
+
+void Say(const ApiIo& io, const std::string& line) { WriteAll(io.stderr_fd, line + "\n"); }
+
+int ReportTo(const ApiIo& io, const Error& error) {
+  Say(io, "tartarus: " + error.message);
+  return kTartarusFailure;
+}
+
+std::string RandomKey() {
+  std::random_device device;
+  std::string key;
+  char hex[9];
+  for (int i = 0; i < 4; ++i) {
+    std::snprintf(hex, sizeof(hex), "%08x", device());
+    key += hex;
+  }
+  return key;
+}
+
+std::string StateCell(const ApiSandbox& s) {
+  std::string state = s.state;
+  if (s.state == "exited" && s.exit_code) {
+    state += " (" + std::to_string(*s.exit_code) + (s.timed_out ? ", timed out" : "") + ")";
+  }
+  return state;
+}
+
+// Streams output events to the caller's descriptors.
+ApiClient::EventFn WriteEventsTo(const ApiIo& io) {
+  return [io](const StreamEvent& event) {
+    WriteAll(event.kind == StreamEvent::Kind::kStderr ? io.stderr_fd : io.stdout_fd, event.data);
+    return true;
+  };
+}
+
+// Refuses stdin that API mode would silently drop (it is not forwarded yet).
+Status CheckStdin(const ApiIo& io, bool interactive, const char* command) {
+  const std::string hint = std::string(": run it in local mode instead (`tartarus --local ") +
+                           command + " ...`, on this host)";
+  if (interactive) {
+    return Fail(ErrorCode::kInvalidArgument, "-i: API mode does not forward stdin yet" + hint);
+  }
+  if (StdinHasData(io.stdin_fd)) {
+    return Fail(ErrorCode::kInvalidArgument,
+                "stdin has data, but API mode does not forward stdin yet" + hint);
+  }
+  return Ok();
+}
+
+// What Ctrl-C does during `run`: the first signal kills the sandbox (and we keep waiting
+// for its end event, so the exit code is still right); the second stops waiting.
+struct RunInterrupt {
+  Connection connection;
+  std::mutex mutex;
+  std::string id;  // the sandbox, once created
+  int signals = 0;
+  int first_signo = 0;
+  bool kill_sent = false;
+  ApiClient* waiting = nullptr;  // the client following the sandbox, cancelled on give-up
+  ApiIo io;
+
+  void SendKill(const std::string& sandbox) {
+    Say(io, "tartarus: killing sandbox " + sandbox + " (Ctrl-C again to stop waiting)");
+    auto client = ApiClient::Create(connection);
+    if (!client) {
+      ReportTo(io, client.error());
+      return;
+    }
+    auto killed = client->KillSandbox(sandbox);
+    if (!killed) ReportTo(io, killed.error().Context("killing sandbox " + sandbox));
+  }
+  void OnSignal(int signo) {
+    std::string kill_id;
+    {
+      std::lock_guard lock(mutex);
+      ++signals;
+      if (signals == 1) first_signo = signo;
+      if (signals >= 2 && waiting) waiting->Cancel();
+      if (!id.empty() && !kill_sent) {
+        kill_sent = true;
+        kill_id = id;
+      }
+    }
+    if (!kill_id.empty()) SendKill(kill_id);
+  }
+  // After the sandbox exists: a signal that came before it is acted on now.
+  void Created(const std::string& sandbox) {
+    bool kill_now = false;
+    {
+      std::lock_guard lock(mutex);
+      id = sandbox;
+      kill_now = signals > 0 && !kill_sent;
+      kill_sent = kill_sent || kill_now;
+    }
+    if (kill_now) SendKill(sandbox);
+  }
+  bool GaveUp() {
+    std::lock_guard lock(mutex);
+    return signals >= 2;
+  }
+  int Signo() {
+    std::lock_guard lock(mutex);
+    return first_signo;
+  }
+  void SetWaiting(ApiClient* client) {
+    std::lock_guard lock(mutex);
+    waiting = client;
+  }
+};
+
+// Polls a queued or assigned sandbox until a node runs it (or it ended), showing why it
+// waits once that takes more than a second.
+Result<ApiSandbox> WaitUntilPlaced(ApiClient& client, ApiSandbox sandbox, RunInterrupt& interrupt,
+                                   bool quiet, const ApiIo& io) {
+  const auto start = Clock::now();
+  std::string shown;
+  while (sandbox.state == "queued" || sandbox.state == "assigned") {
+    if (interrupt.GaveUp()) return Fail(ErrorCode::kCancelled, "interrupted");
+    auto waited = Clock::now() - start;
+    if (!quiet && waited > std::chrono::seconds(1) && !sandbox.reason.empty() &&
+        sandbox.reason != shown) {
+      Say(io, "tartarus: sandbox " + sandbox.id + " is " + sandbox.state + ": " + sandbox.reason);
+      shown = sandbox.reason;
+    }
+    // Fast at first (most sandboxes are placed at once), then gentler on the server.
+    std::this_thread::sleep_for(waited < std::chrono::seconds(2) ? std::chrono::milliseconds(50)
+                                                                 : std::chrono::milliseconds(500));
+    sandbox = TRY(client.GetSandbox(sandbox.id));
+  }
+  return sandbox;
+}
+
+// The exit code of a finished sandbox, as local mode computes it: the command's own, else
+// 128+signal for a kill, else 125 with the error printed.
+int ExitCodeOfEnd(const StreamEvent& end, const std::string& id, ApiClient& client, int signo,
+                  const ApiIo& io) {
+  if (!end.error.empty()) Say(io, "tartarus: " + end.error);
+  if (end.exit_code) return *end.exit_code;
+  if (end.state == "killed") {
+    auto sandbox = client.GetSandbox(id);
+    if (sandbox && sandbox->exit_code) return *sandbox->exit_code;
+    if (sandbox && sandbox->signal > 0) return 128 + sandbox->signal;
+    if (end.error.empty()) Say(io, "tartarus: sandbox " + id + " was killed");
+    return 128 + (signo > 0 ? signo : SIGKILL);
+  }
+  if (end.error.empty()) {
+    Say(io, "tartarus: sandbox " + id + " ended " +
+                (end.state.empty() ? "without an exit code" : "in state " + end.state));
+  }
+  return kTartarusFailure;
+}
+
+// DELETE after the end event; the record may need a moment to become final.
+void RemoveWhenDone(ApiClient& client, const std::string& id, const ApiIo& io) {
+  const auto deadline = Clock::now() + std::chrono::seconds(10);
+  while (true) {
+    auto removed = client.DeleteSandbox(id);
+    if (removed) return;
+    if (removed.error().code != ErrorCode::kFailedPrecondition || Clock::now() > deadline) {
+      ReportTo(io, removed.error().Context("--rm: removing sandbox " + id));
+      return;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+}
+
+// Opens the logs stream; a sandbox that a node has not started yet answers 409 for a moment.
+Result<StreamEvent> FollowLogs(ApiClient& client, const std::string& id, RunInterrupt* interrupt,
+                               const ApiIo& io) {
+  const auto deadline = Clock::now() + std::chrono::seconds(30);
+  while (true) {
+    auto end = client.StreamLogs(id, /*follow=*/true, WriteEventsTo(io));
+    if (end || end.error().code != ErrorCode::kFailedPrecondition || Clock::now() > deadline ||
+        (interrupt && interrupt->GaveUp())) {
+      return end;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+}
+
+Result<std::pair<std::string, std::string>> SplitRemote(const std::string& spec) {
+  size_t colon = spec.find(':');
+  if (colon == std::string::npos || colon == 0) {
+    return Fail(ErrorCode::kNotFound, "not a sandbox path");
+  }
+  std::string id = spec.substr(0, colon);
+  if (id.find('/') != std::string::npos) return Fail(ErrorCode::kNotFound, "not a sandbox path");
+  return std::make_pair(id, spec.substr(colon + 1));
+}
+
+std::string Basename(const std::string& path) {
+  std::string trimmed = path;
+  while (trimmed.size() > 1 && trimmed.back() == '/') trimmed.pop_back();
+  size_t slash = trimmed.rfind('/');
+  return slash == std::string::npos ? trimmed : trimmed.substr(slash + 1);
+}
+
+Result<std::string> ReadLocalFile(const std::string& path, uint64_t max_bytes,
+                                  const std::string& too_big) {
+  std::error_code ec;
+  auto size = std::filesystem::file_size(path, ec);
+  if (ec) return Fail(ErrorCode::kNotFound, path + ": " + ec.message());
+  if (size > max_bytes) return Fail(ErrorCode::kResourceExhausted, path + ": " + too_big);
+  std::ifstream file(path, std::ios::binary);
+  if (!file) return FailErrno("reading " + path);
+  std::stringstream text;
+  text << file.rdbuf();
+  if (file.bad()) return FailErrno("reading " + path);
+  return text.str();
+}
+
+Status CopyIn(ApiClient& client, const std::string& local, const std::string& id,
+              std::string remote) {
+  struct stat st;
+  if (stat(local.c_str(), &st) != 0) return FailErrno(local);
+  if (S_ISDIR(st.st_mode)) {
+    return Fail(ErrorCode::kInvalidArgument,
+                "cp: copying directories is not supported in API mode yet; copy single files");
+  }
+  if (!S_ISREG(st.st_mode)) {
+    return Fail(ErrorCode::kInvalidArgument, "cp: " + local + " is not a regular file");
+  }
+  std::string data =
+      TRY(ReadLocalFile(local, kMaxApiFileBytes, "larger than the API's 64 MiB per file"));
+  if (remote.ends_with('/')) remote += Basename(local);
+  return client.WriteFile(id, remote, data, static_cast<int>(st.st_mode & 07777));
+}
+
+Status CopyOut(ApiClient& client, const std::string& id, const std::string& remote,
+               std::string local) {
+  if (remote.ends_with('/')) {
+    return Fail(ErrorCode::kInvalidArgument,
+                "cp: copying directories is not supported in API mode yet; copy single files");
+  }
+  std::string data = TRY(client.ReadFile(id, remote));
+  std::error_code ec;
+  if (std::filesystem::is_directory(local, ec)) local += "/" + Basename(remote);
+  return WriteFileAtomic(local, data, Durability::kNoFsync, 0644);
+}
+
+}  // namespace
+
+void PrintJson(const json& value) { std::printf("%s\n", value.dump(2).c_str()); }
+
+std::string OrDash(const std::string& text) { return text.empty() ? "-" : text; }
+
+std::string OneLine(std::string text, size_t max_chars) {
+  for (char& c : text) {
+    if (c == '\n' || c == '\t' || c == '\r') c = ' ';
+  }
+  if (max_chars >= 3 && text.size() > max_chars) text = text.substr(0, max_chars - 3) + "...";
+  return text;
+}
+
+Result<json> CreateSpecFromFlags(const RunFlags& flags) {
+  if (flags.command.empty()) {
+    return Fail(ErrorCode::kInvalidArgument,
+                "no command given: tartarus run [OPTIONS] -- COMMAND [ARGS...]");
+  }
+  json spec = {
+      {"template", flags.template_name}, {"runtime", flags.runtime}, {"command", flags.command}};
+  if (flags.pids) spec["pids"] = flags.pids;
+  auto env = TRY(ParseEnv(flags.env));
+  if (!env.empty()) spec["env"] = env;
+  if (!flags.workdir.empty()) spec["workdir"] = flags.workdir;
+  if (!flags.user.empty()) spec["user"] = flags.user;
+  auto with_flag = [](const char* flag, const Error& e) {
+    return Error{e.code, std::string("--") + flag + ": " + e.message};
+  };
+  if (!flags.cpus.empty()) {
+    auto v = ParseMilliCpus(flags.cpus);
+    if (!v) return Fail(with_flag("cpus", v.error()));
+    spec["cpus"] = flags.cpus;
+  }
+  if (!flags.memory.empty()) {
+    auto v = ParseBytes(flags.memory);
+    if (!v) return Fail(with_flag("memory", v.error()));
+    if (*v < (16ull << 20)) return Fail(ErrorCode::kInvalidArgument, "--memory: at least 16M");
+    spec["memory"] = flags.memory;
+  }
+  if (!flags.disk.empty()) {
+    auto v = ParseBytes(flags.disk);
+    if (!v) return Fail(with_flag("disk", v.error()));
+    if (*v < (1ull << 20)) return Fail(ErrorCode::kInvalidArgument, "--disk: at least 1M");
+    spec["disk"] = flags.disk;
+  }
+  if (!flags.timeout.empty()) {
+    auto v = ParseDuration(flags.timeout);
+    if (!v) return Fail(with_flag("timeout", v.error()));
+    if (v->count() <= 0) return Fail(ErrorCode::kInvalidArgument, "--timeout: must be positive");
+    spec["timeout"] = flags.timeout;
+  }
+  return spec;
+}
+
+bool StdinHasData(int fd) {
+  if (fd < 0 || isatty(fd)) return false;
+  struct stat st;
+  if (fstat(fd, &st) != 0) return false;
+  if (S_ISREG(st.st_mode)) {
+    off_t offset = lseek(fd, 0, SEEK_CUR);
+    return st.st_size > (offset > 0 ? offset : 0);
+  }
+  if (!S_ISFIFO(st.st_mode) && !S_ISSOCK(st.st_mode)) return false;  // /dev/null and the like
+  struct pollfd p = {fd, POLLIN, 0};
+  if (poll(&p, 1, 0) <= 0 || !(p.revents & POLLIN)) return false;  // nothing yet, or hung up
+  char byte;
+  if (S_ISSOCK(st.st_mode)) return recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
+  // A pipe cannot be peeked: read one byte. Zero means the writer closed it empty.
+  int flags = fcntl(fd, F_GETFL);
+  if (flags >= 0) fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+  ssize_t n = read(fd, &byte, 1);
+  if (flags >= 0) fcntl(fd, F_SETFL, flags);
+  return n > 0;
+}
+
+Result<std::string> PolicyNameOf(std::string_view yaml, const std::string& file) {
+  try {
+    YAML::Node root = YAML::Load(std::string(yaml));
+    if (!root.IsMap()) {
+      return Fail(ErrorCode::kInvalidArgument, file + ": expected a policy (a YAML map)");
+    }
+    YAML::Node name = root["name"];
+    if (!name || !name.IsScalar() || name.Scalar().empty()) {
+      return Fail(ErrorCode::kInvalidArgument, file + ": the policy has no name: field");
+    }
+    return name.Scalar();
+  } catch (const YAML::Exception& e) {
+    std::string where = file;
+    if (e.mark.line >= 0) {
+      where += ":" + std::to_string(e.mark.line + 1) + ":" + std::to_string(e.mark.column + 1);
+    }
+    return Fail(ErrorCode::kInvalidArgument, where + ": " + e.msg);
+  }
+}
+
+int ApiRun(const Connection& connection, const RunFlags& flags, const ApiIo& io) {
+  auto spec = CreateSpecFromFlags(flags);
+  if (!spec) return ReportTo(io, spec.error());
+  if (flags.detach && flags.remove) {
+    return ReportTo(io, Error{ErrorCode::kInvalidArgument,
+                              "--rm with --detach is not supported in API mode yet: remove the "
+                              "sandbox with `tartarus rm ID` when it has ended"});
+  }
+  if (auto stdin_ok = CheckStdin(io, flags.interactive, "run"); !stdin_ok) {
+    return ReportTo(io, stdin_ok.error());
+  }
+  auto interrupt = std::make_shared<RunInterrupt>();
+  interrupt->connection = connection;
+  interrupt->io = io;
+  if (!flags.detach) {
+    RouteSignals([interrupt](int signo) { interrupt->OnSignal(signo); });
+  }
+  auto client = ApiClient::Create(connection);
+  if (!client) return ReportTo(io, client.error());
+
+  // The key makes one retry safe: a second POST returns the sandbox the first created.
+  const std::string key = RandomKey();
+  auto sandbox = client->CreateSandbox(*spec, key);
+  if (!sandbox &&
+      (sandbox.error().code == ErrorCode::kIo || sandbox.error().code == ErrorCode::kProtocol)) {
+    sandbox = client->CreateSandbox(*spec, key);
+  }
+  if (!sandbox) return ReportTo(io, sandbox.error());
+  const std::string id = sandbox->id;
+  if (flags.detach) {
+    WriteAll(io.stdout_fd, id + "\n");
+    return 0;
+  }
+  interrupt->Created(id);
+  interrupt->SetWaiting(&*client);
+  struct ClearWaiting {
+    RunInterrupt& interrupt;
+    ~ClearWaiting() { interrupt.SetWaiting(nullptr); }
+  } clear_waiting{*interrupt};
+
+  auto gave_up = [&] {
+    Say(io, "tartarus: stopped waiting for sandbox " + id + "; it is being killed");
+    return 128 + (interrupt->Signo() > 0 ? interrupt->Signo() : SIGINT);
+  };
+  auto placed = WaitUntilPlaced(*client, *sandbox, *interrupt, flags.quiet, io);
+  if (!placed) {
+    if (interrupt->GaveUp()) return gave_up();
+    return ReportTo(io, placed.error().Context("waiting for sandbox " + id));
+  }
+  auto end = FollowLogs(*client, id, interrupt.get(), io);
+  if (!end) {
+    if (interrupt->GaveUp()) return gave_up();
+    // The output stream broke (network, server restart): say how to see the rest.
+    ReportTo(io, end.error().Context("following the output of sandbox " + id));
+    auto now = client->GetSandbox(id);
+    if (now && IsFinalSandboxState(now->state) && now->exit_code) {
+      Say(io,
+          "tartarus: sandbox " + id + " has " + now->state + "; its output: tartarus logs " + id);
+      return *now->exit_code;
+    }
+    Say(io, "tartarus: sandbox " + id + " may still be running: tartarus logs -f " + id);
+    return kTartarusFailure;
+  }
+  int code = ExitCodeOfEnd(*end, id, *client, interrupt->Signo(), io);
+  if (flags.remove) RemoveWhenDone(*client, id, io);
+  return code;
+}
+
+int ApiPs(const Connection& connection, const std::string& state, bool quiet, bool as_json,
+          bool all_pages) {
+  auto client = ApiClient::Create(connection);
+  if (!client) return ReportError(client.error());
+  SandboxFilter filter;
+  filter.state = state;
+  if (all_pages) filter.limit = 1000;  // fewer round trips
+  std::vector<ApiSandbox> sandboxes;
+  std::string more;
+  // Bounded: a server that keeps returning page tokens cannot keep us here forever.
+  for (int page = 0; page < 100000; ++page) {
+    auto listed = client->ListSandboxes(filter);
+    if (!listed) return ReportError(listed.error());
+    for (auto& s : listed->items) sandboxes.push_back(std::move(s));
+    if (listed->next_page_token.empty() || listed->next_page_token == filter.page_token) break;
+    if (!all_pages) {
+      more = listed->next_page_token;
+      break;
+    }
+    filter.page_token = listed->next_page_token;
+  }
+  if (as_json) {
+    json list = json::array();
+    for (const auto& s : sandboxes) list.push_back(s.raw);
+    PrintJson(list);
+  } else if (quiet) {
+    for (const auto& s : sandboxes) std::printf("%s\n", s.id.c_str());
+  } else {
+    Table table({"ID", "TEMPLATE", "RUNTIME", "STATE", "NODE", "CREATED", "COMMAND"});
+    int64_t now = node::NowMs();
+    for (const auto& s : sandboxes) {
+      table.AddRow({s.id, s.template_name, s.runtime, StateCell(s), OrDash(s.node),
+                    Ago(s.created_ms, now), QuoteCommand(s.command)});
+    }
+    std::fputs(table.Render().c_str(), stdout);
+  }
+  std::fflush(stdout);
+  if (!more.empty()) {
+    std::fprintf(stderr, "tartarus: more sandboxes than shown: tartarus ps --all-pages\n");
+  }
+  return 0;
+}
+
+int ApiInspect(const Connection& connection, const std::string& id) {
+  auto client = ApiClient::Create(connection);
+  if (!client) return ReportError(client.error());
+  auto sandbox = client->GetSandbox(id);
+  if (!sandbox) return ReportError(sandbox.error());
+  PrintJson(sandbox->raw);
+  return 0;
+}
+
+int ApiLogs(const Connection& connection, const std::string& id, bool follow, const ApiIo& io) {
+  signal(SIGPIPE, SIG_IGN);
+  auto client = ApiClient::Create(connection);
+  if (!client) return ReportTo(io, client.error());
+  auto end = client->StreamLogs(id, follow, WriteEventsTo(io));
+  if (!end) return ReportTo(io, end.error());
+  return 0;
+}
+
+int ApiExec(const Connection& connection, const ApiExecArgs& args, const ApiIo& io) {
+  if (auto stdin_ok = CheckStdin(io, args.interactive, "exec"); !stdin_ok) {
+    return ReportTo(io, stdin_ok.error());
+  }
+  json request = {{"command", args.command}};
+  auto env = ParseEnv(args.env);
+  if (!env) return ReportTo(io, env.error());
+  if (!env->empty()) request["env"] = *env;
+  if (!args.workdir.empty()) request["workdir"] = args.workdir;
+  if (!args.user.empty()) request["user"] = args.user;
+  if (!args.timeout.empty()) {
+    auto t = ParseDuration(args.timeout);
+    if (!t) return ReportTo(io, Error{t.error().code, "--timeout: " + t.error().message});
+    request["timeout"] = args.timeout;
+  }
+  signal(SIGPIPE, SIG_IGN);
+  auto client = ApiClient::Create(connection);
+  if (!client) return ReportTo(io, client.error());
+  // Ctrl-C ends this process; the server kills an exec whose client went away.
+  auto end = client->Exec(args.id, request, WriteEventsTo(io));
+  if (!end) return ReportTo(io, end.error());
+  if (!end->error.empty()) Say(io, "tartarus: " + end->error);
+  if (end->exit_code) return *end->exit_code;
+  if (end->error.empty()) Say(io, "tartarus: the command ended without an exit code");
+  return kTartarusFailure;
+}
+
+int ApiKill(const Connection& connection, const std::vector<std::string>& ids) {
+  auto client = ApiClient::Create(connection);
+  if (!client) return ReportError(client.error());
+  int exit_code = 0;
+  for (const auto& id : ids) {
+    auto killed = client->KillSandbox(id);
+    if (!killed) exit_code = ReportError(killed.error());
+  }
+  return exit_code;
+}
+
+int ApiRemove(const Connection& connection, const std::vector<std::string>& ids, bool force) {
+  auto client = ApiClient::Create(connection);
+  if (!client) return ReportError(client.error());
+  int exit_code = 0;
+  for (const auto& id : ids) {
+    if (force) {
+      // A running sandbox ends on its node's next heartbeat: wait for that, bounded.
+      auto sandbox = client->GetSandbox(id);
+      if (!sandbox) {
+        exit_code = ReportError(sandbox.error());
+        continue;
+      }
+      if (!IsFinalSandboxState(sandbox->state)) {
+        auto killed = client->KillSandbox(id);
+        if (!killed) {
+          exit_code = ReportError(killed.error());
+          continue;
+        }
+        const auto deadline = Clock::now() + std::chrono::seconds(60);
+        ApiSandbox now = *killed;
+        while (!IsFinalSandboxState(now.state) && Clock::now() < deadline) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(200));
+          auto again = client->GetSandbox(id);
+          if (!again) break;
+          now = *again;
+        }
+      }
+    }
+    auto removed = client->DeleteSandbox(id);
+    if (!removed) exit_code = ReportError(removed.error());
+  }
+  return exit_code;
+}
+
+int ApiCopy(const Connection& connection, const std::string& src, const std::string& dst) {
+  auto from = SplitRemote(src), to = SplitRemote(dst);
+  if (from && to) {
+    return ReportError(Error{ErrorCode::kInvalidArgument,
+                             "both sides are sandboxes: copy out to a local path, then in"});
+  }
+  if (!from && !to) {
+    return ReportError(Error{ErrorCode::kInvalidArgument,
+                             "neither side is a sandbox path: one of them must be ID:PATH"});
+  }
+  const auto& [id, path] = from ? *from : *to;
+  if (path.empty() || path[0] != '/') {
+    return ReportError(
+        Error{ErrorCode::kInvalidArgument,
+              "sandbox path '" + path + "' must be absolute, e.g. " + id + ":/root/file"});
+  }
+  auto client = ApiClient::Create(connection);
+  if (!client) return ReportError(client.error());
+  Status copied = to ? CopyIn(*client, src, id, path) : CopyOut(*client, id, path, dst);
+  return copied ? 0 : ReportError(copied.error());
+}
+
+}  // namespace tartarus::cli
