@@ -2,6 +2,8 @@
 // and on misuse of nodes, so every yaml-cpp call happens inside the try block of
 // ParsePolicy(); Evaluate() touches no YAML at all.
 #include "policy/policy.h"
+#include "common/field_hints.h"
+#include "common/yaml_kind.h"
 
 #include <yaml-cpp/yaml.h>
 
@@ -50,65 +52,6 @@ bool IsValidTenantName(std::string_view name) {
 bool AllDigits(std::string_view text) {
   return !text.empty() &&
          std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; });
-}
-
-std::string Printable(std::string_view text) {
-  std::string out;
-  for (char c : text.substr(0, 80)) {
-    out += (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) ? '?' : c;
-  }
-  if (text.size() > 80) out += "...";
-  return out;
-}
-
-size_t EditDistance(std::string_view a, std::string_view b) {
-  std::vector<size_t> row(b.size() + 1);
-  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
-  for (size_t i = 1; i <= a.size(); ++i) {
-    size_t diagonal = row[0];
-    row[0] = i;
-    for (size_t j = 1; j <= b.size(); ++j) {
-      size_t above = row[j];
-      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] != b[j - 1])});
-      diagonal = above;
-    }
-  }
-  return row[b.size()];
-}
-
-template <size_t N>
-std::string Suggest(std::string_view unknown, const std::string_view (&known)[N]) {
-  std::string_view best;
-  size_t best_distance = 3;  // only close typos: further away the hint misleads
-  for (std::string_view candidate : known) {
-    size_t distance = EditDistance(unknown.substr(0, 64), candidate);
-    if (distance < best_distance && distance < candidate.size()) {
-      best = candidate;
-      best_distance = distance;
-    }
-  }
-  if (best.empty()) {
-    std::string all;
-    for (std::string_view candidate : known)
-      all += (all.empty() ? "" : ", ") + std::string(candidate);
-    return " (known fields: " + all + ")";
-  }
-  return " (did you mean '" + std::string(best) + "'?)";
-}
-
-std::string_view NodeKind(const YAML::Node& node) {
-  switch (node.Type()) {
-    case YAML::NodeType::Null:
-      return "nothing";
-    case YAML::NodeType::Scalar:
-      return "a scalar";
-    case YAML::NodeType::Sequence:
-      return "a list";
-    case YAML::NodeType::Map:
-      return "a mapping";
-    default:
-      return "an undefined node";
-  }
 }
 
 // "500m" (millicpus) or what ParseMilliCpus takes ("2", "0.5").
@@ -269,7 +212,7 @@ class Parser {
   Result<std::string> Scalar(const YAML::Node& node, std::string_view field) const {
     if (!node.IsScalar()) {
       return Fail(
-          AtField(node, field, "must be a scalar (text), got " + std::string(NodeKind(node))));
+          AtField(node, field, "must be a scalar (text), got " + std::string(YamlNodeKind(node))));
     }
     const std::string& value = node.Scalar();
     if (value.find('\0') != std::string::npos) {
@@ -282,7 +225,7 @@ class Parser {
   Result<std::vector<std::string>> NameList(const YAML::Node& node, std::string_view field,
                                             std::string_view what) const {
     if (!node.IsSequence()) {
-      return Fail(AtField(node, field, "must be a list, got " + std::string(NodeKind(node))));
+      return Fail(AtField(node, field, "must be a list, got " + std::string(YamlNodeKind(node))));
     }
     if (node.size() > kMaxListEntries) {
       return Fail(
@@ -309,7 +252,7 @@ class Parser {
   template <class Visit>
   Status ForEachField(const YAML::Node& map, std::string_view field, Visit visit) const {
     if (!map.IsMap()) {
-      return Fail(AtField(map, field, "must be a mapping, got " + std::string(NodeKind(map))));
+      return Fail(AtField(map, field, "must be a mapping, got " + std::string(YamlNodeKind(map))));
     }
     if (map.size() > kMaxListEntries) {
       return Fail(AtField(map, field, "has too many entries"));
@@ -320,7 +263,7 @@ class Parser {
       const YAML::Node value = it->second;
       if (!key.IsScalar()) {
         return Fail(
-            AtField(key, field, "expected a field name, got " + std::string(NodeKind(key))));
+            AtField(key, field, "expected a field name, got " + std::string(YamlNodeKind(key))));
       }
       if (!seen.insert(key.Scalar()).second) {
         return Fail(At(key.Mark(), "duplicate field '" + Printable(key.Scalar()) + "'"));
@@ -342,7 +285,7 @@ class Parser {
             if (!value.IsNull()) policy.allowed_runtimes = TRY(NameList(value, sub, "runtime"));
           } else {
             return Fail(At(key_node.Mark(), "unknown field '" + Printable(key) + "' in allow" +
-                                                Suggest(key, kAllowFields)));
+                                                SuggestField(key, kAllowFields)));
           }
           return Ok();
         });
@@ -357,7 +300,7 @@ class Parser {
           if (std::find(std::begin(kLimitFields), std::end(kLimitFields), key) ==
               std::end(kLimitFields)) {
             return Fail(At(key_node.Mark(), "unknown field '" + Printable(key) + "' in limits" +
-                                                Suggest(key, kLimitFields)));
+                                                SuggestField(key, kLimitFields)));
           }
           if (value.IsNull()) return Ok();  // "max_cpus:" with nothing says nothing
           if (key == "max_cpus") {
@@ -427,7 +370,7 @@ class Parser {
         [&](const std::string& key, const YAML::Node& key_node, const YAML::Node& value) -> Status {
           if (key != "egress") {
             return Fail(At(key_node.Mark(), "unknown field '" + Printable(key) + "' in network" +
-                                                Suggest(key, kNetworkFields)));
+                                                SuggestField(key, kNetworkFields)));
           }
           if (value.IsScalar()) {
             if (value.Scalar() != "deny") {
@@ -441,7 +384,7 @@ class Parser {
           }
           if (!value.IsSequence()) {
             return Fail(AtField(value, "network.egress",
-                                "must be deny or a list, got " + std::string(NodeKind(value))));
+                                "must be deny or a list, got " + std::string(YamlNodeKind(value))));
           }
           if (value.size() > kMaxListEntries) {
             return Fail(AtField(value, "network.egress", "has too many entries"));
@@ -506,8 +449,8 @@ class Parser {
           } else if (key == "network") {
             return Network(value, policy);
           } else {
-            return Fail(At(key_node.Mark(),
-                           "unknown field '" + Printable(key) + "'" + Suggest(key, kTopFields)));
+            return Fail(At(key_node.Mark(), "unknown field '" + Printable(key) + "'" +
+                                                SuggestField(key, kTopFields)));
           }
           return Ok();
         }));

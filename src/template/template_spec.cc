@@ -1,6 +1,8 @@
 // Template YAML parsing and validation. yaml-cpp throws on bad input and on misuse of
 // nodes, so every yaml-cpp call happens inside one try block in ParseTemplate().
 #include "template/template_spec.h"
+#include "common/field_hints.h"
+#include "common/yaml_kind.h"
 
 #include <yaml-cpp/yaml.h>
 
@@ -21,66 +23,7 @@ constexpr std::string_view kLimitFields[] = {"cpus", "memory", "timeout", "pids"
 constexpr size_t kMaxFilesContentBytes = 16 << 20;
 constexpr size_t kMaxBaseLength = 32;
 
-size_t EditDistance(std::string_view a, std::string_view b) {
-  std::vector<size_t> row(b.size() + 1);
-  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
-  for (size_t i = 1; i <= a.size(); ++i) {
-    size_t diagonal = row[0];
-    row[0] = i;
-    for (size_t j = 1; j <= b.size(); ++j) {
-      size_t above = row[j];
-      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] != b[j - 1])});
-      diagonal = above;
-    }
-  }
-  return row[b.size()];
-}
-
-template <size_t N>
-std::string Suggest(std::string_view unknown, const std::string_view (&known)[N]) {
-  std::string_view best;
-  size_t best_distance = 3;  // only close typos: further away the hint misleads
-  for (std::string_view candidate : known) {
-    size_t distance = EditDistance(unknown, candidate);
-    if (distance < best_distance && distance < candidate.size()) {
-      best = candidate;
-      best_distance = distance;
-    }
-  }
-  if (best.empty()) {
-    std::string all;
-    for (std::string_view candidate : known)
-      all += (all.empty() ? "" : ", ") + std::string(candidate);
-    return " (known fields: " + all + ")";
-  }
-  return " (did you mean '" + std::string(best) + "'?)";
-}
-
 bool IsLowerAlnum(char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); }
-
-std::string Printable(std::string_view text) {
-  std::string out;
-  for (char c : text.substr(0, 80)) {
-    out += (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) ? '?' : c;
-  }
-  if (text.size() > 80) out += "...";
-  return out;
-}
-
-std::string_view NodeKind(const YAML::Node& node) {
-  switch (node.Type()) {
-    case YAML::NodeType::Null:
-      return "nothing";
-    case YAML::NodeType::Scalar:
-      return "a scalar";
-    case YAML::NodeType::Sequence:
-      return "a list";
-    case YAML::NodeType::Map:
-      return "a mapping";
-    default:
-      return "an undefined node";
-  }
-}
 
 // Walks the document; each method returns an error that names the field and position.
 class Parser {
@@ -99,7 +42,7 @@ class Parser {
     if (!node.IsScalar()) {
       return Fail(At(node.Mark(), "field '" + std::string(field) +
                                       "' must be a scalar (text), got " +
-                                      std::string(NodeKind(node))));
+                                      std::string(YamlNodeKind(node))));
     }
     const std::string& value = node.Scalar();
     if (value.find('\0') != std::string::npos) {
@@ -114,7 +57,7 @@ class Parser {
     if (node.IsNull()) return values;
     if (!node.IsSequence()) {
       return Fail(At(node.Mark(), "field '" + std::string(field) + "' must be a list, got " +
-                                      std::string(NodeKind(node))));
+                                      std::string(YamlNodeKind(node))));
     }
     if (node.size() > kMaxListEntries) {
       return Fail(At(node.Mark(), "field '" + std::string(field) + "' has more than " +
@@ -132,7 +75,7 @@ class Parser {
   Status ForEachField(const YAML::Node& map, std::string_view field, Visit visit) const {
     if (!map.IsMap()) {
       return Fail(At(map.Mark(), "field '" + std::string(field) + "' must be a mapping, got " +
-                                     std::string(NodeKind(map))));
+                                     std::string(YamlNodeKind(map))));
     }
     if (map.size() > kMaxListEntries) {
       return Fail(At(map.Mark(), "field '" + std::string(field) + "' has too many entries"));
@@ -143,7 +86,7 @@ class Parser {
       const YAML::Node value = it->second;
       if (!key.IsScalar()) {
         return Fail(At(key.Mark(), "expected a field name in '" + std::string(field) + "', got " +
-                                       std::string(NodeKind(key))));
+                                       std::string(YamlNodeKind(key))));
       }
       if (!seen.insert(key.Scalar()).second) {
         return Fail(At(key.Mark(), "duplicate field '" + Printable(key.Scalar()) + "'"));
@@ -213,7 +156,7 @@ class Parser {
             file.mode = TRY(Mode(value, sub));
           } else {
             return Fail(At(key_node.Mark(), "unknown field '" + Printable(key) + "' in " + field +
-                                                Suggest(key, kFileFields)));
+                                                SuggestField(key, kFileFields)));
           }
           return Ok();
         }));
@@ -265,7 +208,7 @@ class Parser {
             limits.disk_bytes = *parsed;
           } else {
             return Fail(At(key_node.Mark(), "unknown field '" + Printable(key) + "' in limits" +
-                                                Suggest(key, kLimitFields)));
+                                                SuggestField(key, kLimitFields)));
           }
           return Ok();
         });
@@ -325,8 +268,8 @@ class Parser {
           } else if (key == "files") {
             if (value.IsNull()) return Ok();
             if (!value.IsSequence()) {
-              return Fail(At(value.Mark(),
-                             "field 'files' must be a list, got " + std::string(NodeKind(value))));
+              return Fail(At(value.Mark(), "field 'files' must be a list, got " +
+                                               std::string(YamlNodeKind(value))));
             }
             if (value.size() > kMaxListEntries) {
               return Fail(At(value.Mark(), "field 'files' has too many entries"));
@@ -374,8 +317,8 @@ class Parser {
           } else if (key == "limits") {
             return Limits(value, spec.limits);
           } else {
-            return Fail(At(key_node.Mark(),
-                           "unknown field '" + Printable(key) + "'" + Suggest(key, kTopFields)));
+            return Fail(At(key_node.Mark(), "unknown field '" + Printable(key) + "'" +
+                                                SuggestField(key, kTopFields)));
           }
           return Ok();
         }));
