@@ -43,10 +43,6 @@ http::Response JsonResponse(int status, const json& body) {
   return r;
 }
 
-bool IsFinalState(std::string_view state) {
-  return state == "exited" || state == "killed" || state == "failed" || state == "lost";
-}
-
 bool Truthy(const std::map<std::string, std::string>& query, const std::string& key) {
   auto it = query.find(key);
   return it != query.end() && (it->second == "1" || it->second == "true" || it->second.empty());
@@ -308,7 +304,7 @@ struct Olympus::Impl {
                           {"template", row.template_name},
                           {"runtime", row.runtime}});
     }
-    if (Truthy(req.query, "wait") && !IsFinalState(row.state)) {
+    if (Truthy(req.query, "wait") && !store::IsFinalSandboxState(row.state)) {
       WaitUntilFinal(row.id, responder);
       return http::Response{.status = 0};  // answered later
     }
@@ -323,7 +319,7 @@ struct Olympus::Impl {
         auto row = store->GetSandbox(id);
         if (!row) {
           responder->Send(http::ErrorResponse(row.error(), responder->request_id()));
-        } else if (IsFinalState(row->state)) {
+        } else if (store::IsFinalSandboxState(row->state)) {
           responder->Send(JsonResponse(200, SandboxJson(*row)));
         } else {
           WaitUntilFinal(id, responder);
@@ -344,8 +340,8 @@ struct Olympus::Impl {
       return it == req.query.end() ? std::string() : it->second;
     };
     filter.state = get("state");
-    if (!filter.state.empty() && !IsFinalState(filter.state) && filter.state != "queued" &&
-        filter.state != "assigned" && filter.state != "running") {
+    if (!filter.state.empty() && !store::IsFinalSandboxState(filter.state) &&
+        filter.state != "queued" && filter.state != "assigned" && filter.state != "running") {
       return Fail(
           ErrorCode::kInvalidArgument,
           fmt::format("state: '{}' is not one of queued, assigned, running, exited, killed, "
@@ -398,7 +394,7 @@ struct Olympus::Impl {
                      });
       return;
     }
-    if (IsFinalState(row->state) || !follow) {
+    if (store::IsFinalSandboxState(row->state) || !follow) {
       responder->StartStream(200, "application/x-ndjson");
       responder->Write(EndEvent(*row));
       return responder->Finish();
@@ -417,7 +413,7 @@ struct Olympus::Impl {
     if (responder->closed()) return;
     auto row = store->GetSandbox(id);
     // The node ends the stream when its run ends; its report reaches the store just after.
-    if (row && !IsFinalState(row->state) && waited_ms < 10000) {
+    if (row && !store::IsFinalSandboxState(row->state) && waited_ms < 10000) {
       proxy->After(std::chrono::milliseconds(50), [this, id, responder, waited_ms] {
         server->Post(
             [this, id, responder, waited_ms] { FinishLogs(id, responder, waited_ms + 50); });
@@ -674,7 +670,7 @@ struct Olympus::Impl {
     Json("DELETE", "/v1/sandboxes/{id}",
          [this](http::Request& req, const Caller& caller) -> Result<http::Response> {
            auto row = TRY(OwnSandbox(req.params["id"], caller));
-           if (!IsFinalState(row.state)) {
+           if (!store::IsFinalSandboxState(row.state)) {
              return Fail(ErrorCode::kFailedPrecondition,
                          fmt::format("sandbox {} is {}: kill it first", row.id, row.state));
            }

@@ -216,10 +216,6 @@ std::string SandboxPath(const std::string& id) { return "/v1/sandboxes/" + http:
 
 }  // namespace
 
-bool IsFinalSandboxState(std::string_view state) {
-  return state == "exited" || state == "killed" || state == "failed" || state == "lost";
-}
-
 Error ApiError(int status, std::string_view body, std::string_view request_id_header) {
   std::string message, request_id(request_id_header);
   json parsed = json::parse(body, nullptr, /*allow_exceptions=*/false);

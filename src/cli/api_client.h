@@ -17,6 +17,7 @@
 #include "cli/connection.h"
 #include "cli/stream_events.h"
 #include "common/result.h"
+#include "store/control_store.h"
 
 namespace tartarus::http {
 class Client;
@@ -43,8 +44,8 @@ struct ApiSandbox {
   nlohmann::json raw;
 };
 
-// exited, killed, failed, lost: the sandbox will not change any more.
-bool IsFinalSandboxState(std::string_view state);
+// exited, killed, failed, lost: the sandbox will not change any more (the store's rule).
+using store::IsFinalSandboxState;
 
 struct SandboxPage {
   std::vector<ApiSandbox> items;

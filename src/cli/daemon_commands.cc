@@ -27,27 +27,28 @@ struct DaemonFlags {
   std::vector<std::string> labels;
 };
 
-// Blocks until SIGINT/SIGTERM; returns the signal.
-int WaitForStopSignal() {
+sigset_t StopSignals() {
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
-  int sig = 0;
-  sigwait(&set, &sig);
-  return sig;
+  return set;
 }
 
 // Signals must be blocked before any thread starts, so every thread inherits the mask and
 // only sigwait sees them.
 void BlockStopSignals() {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
+  sigset_t set = StopSignals();
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   signal(SIGPIPE, SIG_IGN);
+}
+
+// Blocks until SIGINT/SIGTERM (blocked by BlockStopSignals); returns the signal.
+int WaitForStopSignal() {
+  sigset_t set = StopSignals();
+  int sig = 0;
+  sigwait(&set, &sig);
+  return sig;
 }
 
 Result<DaemonConfig> LoadConfig(const DaemonFlags& flags, const GlobalOptions& global) {

@@ -78,10 +78,6 @@ std::vector<std::string> JsonToList(const std::string& text) {
   return out;
 }
 
-bool IsFinalState(std::string_view state) {
-  return state == "exited" || state == "killed" || state == "failed" || state == "lost";
-}
-
 // ---- Row mapping. Column lists and parsers stay side by side so they cannot drift.
 
 std::string Columns(std::string_view prefix, std::initializer_list<std::string_view> names) {
@@ -619,7 +615,7 @@ Result<SandboxRow> ControlStore::RequestKill(const std::string& id, int64_t now_
 Status ControlStore::DeleteSandbox(const std::string& id) {
   return db_->Transaction([&](Database& tx) -> Status {
     SandboxRow sandbox = TRY(LoadSandbox(tx, id));
-    if (!IsFinalState(sandbox.state)) {
+    if (!IsFinalSandboxState(sandbox.state)) {
       return Fail(ErrorCode::kFailedPrecondition,
                   "sandbox " + id + " is " + sandbox.state + ": kill it before removing it");
     }
@@ -1092,6 +1088,10 @@ Result<std::vector<ErrorRow>> ControlStore::ListErrors(const ErrorFilter& filter
 
 void ControlStore::WaitForJobs(std::chrono::milliseconds timeout) {
   db_->WaitForNotification(kJobsChannel, timeout);
+}
+
+bool IsFinalSandboxState(std::string_view state) {
+  return state == "exited" || state == "killed" || state == "failed" || state == "lost";
 }
 
 }  // namespace tartarus::store

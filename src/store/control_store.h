@@ -39,6 +39,9 @@ struct PolicyRow {
   int64_t updated_ms = 0;
 };
 
+// exited, killed, failed and lost: the sandbox will never run again.
+bool IsFinalSandboxState(std::string_view state);
+
 struct SandboxRow {
   std::string id, tenant_id, template_name, runtime;
   std::string state;      // queued assigned running exited killed failed lost
