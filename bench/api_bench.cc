@@ -7,11 +7,18 @@
 // the same HTTP stack, router and logging but touches no store. Ratios against it show what
 // each operation adds; absolute numbers depend on the machine.
 //
+// Then the latency scheduling adds to a run: one client creates sandboxes one after another
+// on an idle cluster, and the phase histograms Olympus exports (admit, queue = created until
+// placed, place = Moirai's decision) give p50/p99 for exactly those requests.
+//
 //   api_bench [--seconds 3] [--clients 8] [--jobs 2000] [--store URL]
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <map>
+#include <sstream>
 #include <thread>
 
 #include "../tests/cluster_util.h"
@@ -32,7 +39,15 @@ struct Options {
 struct Rate {
   double rps = 0;
   int64_t errors = 0;
+  double p50_ms = 0, p99_ms = 0;  // per request, as the client saw it
 };
+
+double Percentile(std::vector<double> values, double q) {
+  if (values.empty()) return 0;
+  size_t k = std::min(values.size() - 1, static_cast<size_t>(q * values.size()));
+  std::nth_element(values.begin(), values.begin() + k, values.end());
+  return values[k];
+}
 
 // `clients` threads, each with one keep-alive connection, call `op` for `seconds`.
 Rate Measure(const Options& o, const std::string& endpoint, const std::string& token,
@@ -40,14 +55,19 @@ Rate Measure(const Options& o, const std::string& endpoint, const std::string& t
   std::atomic<int64_t> done{0}, errors{0};
   std::atomic<bool> stop{false};
   std::vector<std::thread> threads;
+  std::vector<std::vector<double>> latencies(o.clients);
   auto start = std::chrono::steady_clock::now();
   for (int t = 0; t < o.clients; ++t) {
     threads.emplace_back([&, t] {
       auto client = http::Client::Create(endpoint, {.bearer_token = token});
       if (!client) return;
       for (int64_t i = 0; !stop; ++i) {
+        auto began = std::chrono::steady_clock::now();
         if (op(*client, t, i)) {
           done++;
+          latencies[t].push_back(
+              std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - began)
+                  .count());
         } else {
           errors++;
         }
@@ -58,7 +78,54 @@ Rate Measure(const Options& o, const std::string& endpoint, const std::string& t
   stop = true;
   for (auto& t : threads) t.join();
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  return Rate{done / secs, errors.load()};
+  std::vector<double> all;
+  for (const auto& l : latencies) all.insert(all.end(), l.begin(), l.end());
+  return Rate{done / secs, errors.load(), Percentile(all, 0.5), Percentile(all, 0.99)};
+}
+
+// Cumulative bucket counts of tartarus_phase_seconds{phase=...} from /metrics: le -> count.
+using Buckets = std::map<double, double>;
+std::map<std::string, Buckets> PhaseBuckets(Api& api) {
+  std::map<std::string, Buckets> out;
+  auto res = api.Call("GET", "/metrics");
+  std::istringstream lines(res.body);
+  std::string line;
+  const std::string prefix = "tartarus_phase_seconds_bucket{";
+  while (std::getline(lines, line)) {
+    if (line.rfind(prefix, 0) != 0) continue;
+    auto phase_at = line.find("phase=\"");
+    auto le_at = line.find("le=\"");
+    auto close = line.find('}');
+    if (phase_at == std::string::npos || le_at == std::string::npos || close == std::string::npos)
+      continue;
+    std::string phase = line.substr(phase_at + 7, line.find('"', phase_at + 7) - phase_at - 7);
+    std::string le = line.substr(le_at + 4, line.find('"', le_at + 4) - le_at - 4);
+    double bound = le == "+Inf" ? 1e300 : std::stod(le);
+    out[phase][bound] = std::stod(line.substr(close + 1));
+  }
+  return out;
+}
+
+// The q-quantile (ms) of the observations between two scrapes, interpolated inside its bucket
+// as Prometheus's histogram_quantile does.
+double QuantileMs(const Buckets& before, const Buckets& after, double q) {
+  double total = 0;
+  if (!after.empty())
+    total = after.rbegin()->second - (before.empty() ? 0 : before.rbegin()->second);
+  if (total <= 0) return 0;
+  double lower = 0, below = 0;
+  for (const auto& [bound, count] : after) {
+    double delta = count - (before.count(bound) ? before.at(bound) : 0);
+    if (delta >= q * total) {
+      if (bound > 1e299) return lower * 1000;
+      double in_bucket = delta - below;
+      double fraction = in_bucket > 0 ? (q * total - below) / in_bucket : 1;
+      return (lower + (bound - lower) * fraction) * 1000;
+    }
+    lower = bound;
+    below = delta;
+  }
+  return lower * 1000;
 }
 
 int64_t QueueCount(Api& api, const char* state) {
@@ -176,9 +243,30 @@ int main(int argc, char** argv) {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   double sched_rate = assigned / sched_secs;
 
-  printf("| operation | requests/s | vs GET /healthz | errors |\n|---|---|---|---|\n");
+  // What scheduling adds to one run: sequential creates on an idle cluster, each waited for
+  // until placed, and the phase histograms' change over exactly those requests.
+  const int kLatencyRuns = 300;
+  auto phases_before = PhaseBuckets(admin);
+  int64_t assigned_before = QueueCount(admin, "assigned");
+  {
+    auto client = http::Client::Create(tcp, {.bearer_token = token});
+    for (int n = 0; client && n < kLatencyRuns; ++n) {
+      (void)client->Do("POST", "/v1/sandboxes", body, {{"Content-Type", "application/json"}});
+      auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+      while (QueueCount(admin, "assigned") - assigned_before <= n &&
+             std::chrono::steady_clock::now() < until) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+    }
+  }
+  auto phases_after = PhaseBuckets(admin);
+
+  printf(
+      "| operation | requests/s | vs GET /healthz | p50 ms | p99 ms | errors |\n"
+      "|---|---|---|---|---|---|\n");
   auto row = [&](const char* name, const Rate& r) {
-    printf("| %s | %.0f | %.2f | %lld |\n", name, r.rps, health.rps > 0 ? r.rps / health.rps : 0,
+    printf("| %s | %.0f | %.2f | %.2f | %.2f | %lld |\n", name, r.rps,
+           health.rps > 0 ? r.rps / health.rps : 0, r.p50_ms, r.p99_ms,
            static_cast<long long>(r.errors));
   };
   row("GET /healthz (peer: the HTTP stack alone)", health);
@@ -188,6 +276,14 @@ int main(int argc, char** argv) {
   printf(
       "\nscheduled: %lld of %d queued sandboxes placed on 20 nodes in %.2f s: %.0f sandboxes/s\n",
       static_cast<long long>(assigned), o.jobs, sched_secs, sched_rate);
+  printf("\nphases of %d sandboxes created one at a time on an idle cluster (from /metrics):\n\n",
+         kLatencyRuns);
+  printf("| phase | p50 ms | p99 ms |\n|---|---|---|\n");
+  for (const char* phase : {"admit", "place", "queue"}) {
+    printf("| %s | %.2f | %.2f |\n", phase,
+           QuantileMs(phases_before[phase], phases_after[phase], 0.5),
+           QuantileMs(phases_before[phase], phases_after[phase], 0.99));
+  }
   auto stopped = olympus.Stop();
   return assigned >= o.jobs && stopped ? 0 : 1;
 }

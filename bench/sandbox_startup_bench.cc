@@ -3,6 +3,7 @@
 // started per second with 2 and 8 concurrent clients. Needs root and built templates.
 //
 //   build/bin/sandbox_startup_bench [--runs N] [--state-dir DIR] [--seconds S]
+//                                   [--tartarus PATH]   (another build, for before/after)
 #include <unistd.h>
 
 #include <algorithm>
@@ -123,6 +124,7 @@ int main(int argc, char** argv) {
   int runs = 30;
   double seconds = 10;
   std::string state_dir = "/var/lib/tartarus";
+  std::string tartarus_bin = TARTARUS_BIN;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string flag = argv[i];
     if (flag == "--runs")
@@ -131,6 +133,8 @@ int main(int argc, char** argv) {
       seconds = std::stod(argv[i + 1]);
     else if (flag == "--state-dir")
       state_dir = argv[i + 1];
+    else if (flag == "--tartarus")
+      tartarus_bin = argv[i + 1];
   }
   if (geteuid() != 0) {
     std::fprintf(stderr, "skipped: the benchmark needs root\n");
@@ -151,14 +155,15 @@ int main(int argc, char** argv) {
       MakeBundle(tmp + "/py", pyds, {"python3", "-c", "print('Hello from the Underworld')"});
   auto tartarus = [&](const std::string& runtime, const std::string& tpl,
                       std::vector<std::string> cmd) {
-    std::vector<std::string> argv = {TARTARUS_BIN, "--state-dir", state_dir,    "run", "--rm", "-q",
+    std::vector<std::string> argv = {tartarus_bin, "--state-dir", state_dir,    "run", "--rm", "-q",
                                      "--runtime",  runtime,       "--template", tpl,   "--"};
     argv.insert(argv.end(), cmd.begin(), cmd.end());
     return argv;
   };
   std::vector<std::string> py = {"python3", "-c", "print('Hello from the Underworld')"};
 
-  std::printf("runs per case: %d (median and p95 of wall time, ms)\n\n", runs);
+  std::printf("tartarus: %s\nruns per case: %d (median and p95 of wall time, ms)\n\n",
+              tartarus_bin.c_str(), runs);
   std::printf("| case | tartarus median | tartarus p95 | peer median | peer p95 | ratio |\n");
   std::printf("|---|---|---|---|---|---|\n");
   auto c = Measure({tartarus("container", "base", {"true"}), Runc("runc", true_bundle)}, runs);

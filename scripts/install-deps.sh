@@ -15,6 +15,8 @@ packages=(
   debootstrap e2fsprogs busybox-static ca-certificates
   # tests and benchmarks
   iproute2 procps util-linux bubblewrap hyperfine
+  # tartarus-vmm: test guests are assembled with binutils; iasl checks generated ACPI tables
+  binutils acpica-tools
   # control-plane store tests (a throwaway PostgreSQL cluster)
   postgresql
 )

@@ -190,7 +190,8 @@ struct Olympus::Impl {
     return metrics.histogram("tartarus_phase_seconds",
                              "Latency of each phase of a sandbox: admit, queue, place, start, run",
                              {{"phase", phase}},
-                             {.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300});
+                             {.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5,
+                              1, 2.5, 5, 10, 30, 60, 300});
   }
 
   // ---- sandboxes ----

@@ -168,10 +168,14 @@ void AddSuperviseCommand(CLI::App& app, GlobalOptions& global, int& exit_code) {
   CLI::App* cmd = app.add_subcommand("__supervise", "");
   cmd->group("");  // hidden: started by `run --detach`
   cmd->add_option("id", *id)->required();
+  auto lease_file = std::make_shared<std::string>();
   cmd->add_option("--ready-fd", *ready_fd);
-  cmd->callback([&global, &exit_code, id, ready_fd] {
+  cmd->add_option("--lease-file", *lease_file);
+  cmd->callback([&global, &exit_code, id, ready_fd, lease_file] {
     signal(SIGPIPE, SIG_IGN);
-    node::LocalNode local(global.node);
+    node::NodeConfig config = global.node;
+    config.lease_file = *lease_file;
+    node::LocalNode local(config);
     exit_code = local.SuperviseDetached(*id, *ready_fd);
   });
 }

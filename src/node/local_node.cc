@@ -188,30 +188,25 @@ Result<SandboxRecord> LocalNode::Run(const RunRequest& request, const IoSinks& i
   // This process supervises: the first record already says so, which saves a rewrite.
   p.record.supervisor_pid = getpid();
   p.record.supervisor_start_time = runtime::ProcessStartTime(getpid()).value_or(0);
-  runtime::PhaseTimer create_phase("store.create");
-  TRY(store_.Create(p.record));
-  create_phase.Stop();
   Launch launch{p.record, p.spec, io.stdin_fd, io.stdout_fd, io.stderr_fd};
+  // The supervisor writes the record while the runtime starts, and removes it for --rm.
+  launch.create_record = true;
   launch.remove_record = request.remove_when_done;
   Supervisor supervisor(store_, *p.backend, std::move(launch));
   {
     std::lock_guard lock(impl_->mutex);
-    if (impl_->cancel_signo) {
-      (void)store_.Remove(p.record.id);
-      return Fail(ErrorCode::kCancelled, "interrupted");
-    }
+    if (impl_->cancel_signo) return Fail(ErrorCode::kCancelled, "interrupted");
     impl_->running = &supervisor;
   }
   auto started = supervisor.Start();
-  SandboxRecord record = started ? supervisor.Finish() : *store_.Load(p.record.id);
+  std::optional<SandboxRecord> record;
+  if (started) record = supervisor.Finish();
   {
     std::lock_guard lock(impl_->mutex);
     impl_->running = nullptr;
   }
-  // After a start, Finish() removed it already.
-  if (request.remove_when_done && !started) (void)store_.Remove(record.id);
-  if (!started && !record.exit_code) return Fail(started.error());
-  return record;
+  if (!started) return Fail(started.error());
+  return *record;
 }
 
 void LocalNode::Cancel(int signo) {
@@ -242,6 +237,9 @@ Result<std::string> LocalNode::RunDetached(const RunRequest& request, ProgressFn
                   p.record.id,
                   "--ready-fd",
                   "3"};
+  if (!config_.lease_file.empty()) {
+    options.argv.insert(options.argv.end(), {"--lease-file", config_.lease_file});
+  }
   options.fds = {{0, -1}, {1, -1}, {2, log.Get()}, {3, ready_write.Get()}};
   options.new_session = true;
   auto child = Spawn(options);
@@ -301,7 +299,9 @@ int LocalNode::SuperviseDetached(const std::string& id, int ready_fd) {
   spec.rootfs = built->rootfs;
   spec.agent_path = config_.agent_path;
   spec.limits = record->limits;
-  Supervisor supervisor(store_, **backend, Launch{*record, spec, -1, -1, -1});
+  Launch launch{*record, spec, -1, -1, -1};
+  launch.lease_file = config_.lease_file;
+  Supervisor supervisor(store_, **backend, std::move(launch));
   auto started = supervisor.Start();
   if (!started) {
     say(started.error().message);

@@ -24,6 +24,9 @@ struct NodeConfig {
   std::string self_path;                   // the tartarus binary (to spawn supervisors)
   std::vector<std::string> template_dirs;  // where <name>.yaml templates are found
   std::string gvisor_platform = "ptrace";
+  // Detached runs stop when this node lease lapses (node_lease.h); empty: no lease (a
+  // single host without Olympus).
+  std::string lease_file;
 };
 
 // What the user asked for; unset limits come from the template, then from defaults.

@@ -20,6 +20,7 @@
 #include "http/client.h"
 #include "http/server.h"
 #include "http/url.h"
+#include "node/node_lease.h"
 #include "telemetry/log.h"
 #include "template/template_store.h"
 
@@ -294,6 +295,14 @@ struct NodeAgent::Impl : std::enable_shared_from_this<NodeAgent::Impl> {
       // Renewal took time to reach us: keep a safety margin of one heartbeat.
       lease_end = std::chrono::steady_clock::now() + std::chrono::milliseconds(lease_left) -
                   config.heartbeat_interval;
+      // For our supervisors, which must stop in time even if this process dies.
+      if (auto written =
+              WriteNodeLease(config.node.lease_file,
+                             MonotonicMs() + lease_left - config.heartbeat_interval.count());
+          !written) {
+        telemetry::LogJson("warn", "could not write the node lease: runs will stop",
+                           {{"error", written.error().message}});
+      }
       auto reconciled = std::chrono::steady_clock::now();
       Reconcile(*client, *reply);
       // A long poll answers at once when there is news; never spin on repeated news.
@@ -821,6 +830,8 @@ Result<std::unique_ptr<NodeAgent>> NodeAgent::Start(NodeAgentConfig config) {
   if (config.olympus.empty()) return Fail(ErrorCode::kInvalidArgument, "--olympus: required");
   if (config.listen.empty()) return Fail(ErrorCode::kInvalidArgument, "--listen: required");
   if (config.node_id.empty()) config.node_id = HostName();
+  if (config.node.lease_file.empty())
+    config.node.lease_file = config.node.state_dir + "/node.lease";
   if (config.millicpus <= 0) {
     config.millicpus =
         static_cast<int64_t>(std::max(1u, std::thread::hardware_concurrency())) * 1000;

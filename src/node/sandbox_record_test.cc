@@ -74,5 +74,108 @@ TEST(SandboxStore, CreateListResolveRemove) {
   std::filesystem::remove_all(dir);
 }
 
+// Reconciling reads the active index, not every record: only records that are not final
+// are in it, and it drops entries whose record became final or went away.
+TEST(SandboxStore, ActiveIndexHoldsOnlyRecordsNotFinal) {
+  std::string dir = std::filesystem::temp_directory_path() / ("tartarus-store-" + NewSandboxId());
+  SandboxStore store(dir);
+  EXPECT_TRUE(store.ListActive().empty());
+  EXPECT_FALSE(std::filesystem::exists(dir));  // reading creates nothing
+  auto running = Sample();
+  running.id = "aaaa00000001";
+  running.state = SandboxState::kRunning;
+  auto done = Sample();
+  done.id = "aaaa00000002";  // created final: never indexed
+  ASSERT_TRUE(store.Create(running));
+  ASSERT_TRUE(store.Create(done));
+  auto active = store.ListActive();
+  ASSERT_EQ(active.size(), 1u);
+  EXPECT_EQ(active[0].id, running.id);
+  EXPECT_EQ(store.List().size(), 2u);
+
+  running.state = SandboxState::kExited;
+  ASSERT_TRUE(store.Save(running));
+  EXPECT_TRUE(store.ListActive().empty());
+  EXPECT_FALSE(std::filesystem::exists(dir + "/sandboxes/.active/" + running.id));
+
+  // An entry whose record is gone (a crash during rm) or final (a crash before the unlink).
+  auto lost = Sample();
+  lost.id = "aaaa00000003";
+  lost.state = SandboxState::kCreating;
+  ASSERT_TRUE(store.Create(lost));
+  std::filesystem::remove_all(store.Dir(lost.id));
+  std::filesystem::create_symlink("../" + done.id, dir + "/sandboxes/.active/" + done.id);
+  EXPECT_TRUE(store.ListActive().empty());
+  EXPECT_FALSE(std::filesystem::exists(dir + "/sandboxes/.active/" + lost.id));
+  EXPECT_FALSE(std::filesystem::is_symlink(dir + "/sandboxes/.active/" + done.id));
+
+  auto again = Sample();
+  again.id = "aaaa00000004";
+  again.state = SandboxState::kRunning;
+  ASSERT_TRUE(store.Create(again));
+  ASSERT_TRUE(store.Remove(again.id));
+  EXPECT_TRUE(store.ListActive().empty());
+  std::filesystem::remove_all(dir);
+}
+
+// A state dir from before the index: its records that are not final get indexed once.
+TEST(SandboxStore, OlderRecordsAreIndexedOnce) {
+  std::string dir = std::filesystem::temp_directory_path() / ("tartarus-store-" + NewSandboxId());
+  SandboxStore store(dir);
+  auto old = Sample();
+  old.id = "bbbb00000001";
+  old.state = SandboxState::kRunning;
+  ASSERT_TRUE(store.Create(old));
+  // What an older version leaves: the record, no index.
+  std::filesystem::remove_all(dir + "/sandboxes/.active");
+  auto active = store.ListActive();
+  ASSERT_EQ(active.size(), 1u);
+  EXPECT_EQ(active[0].id, old.id);
+  EXPECT_TRUE(std::filesystem::exists(dir + "/sandboxes/.active/.indexed"));
+  EXPECT_EQ(store.List().size(), 1u);  // the index is not a record
+  EXPECT_EQ(*store.Resolve("bbbb"), old.id);
+  std::filesystem::remove_all(dir);
+}
+
+// After a crash the data of a record may never have reached the disk: it shows as lost.
+TEST(SandboxStore, EmptyRecordLoadsAsLost) {
+  std::string dir = std::filesystem::temp_directory_path() / ("tartarus-store-" + NewSandboxId());
+  SandboxStore store(dir);
+  auto r = Sample();
+  r.id = "cccc00000001";
+  r.state = SandboxState::kRunning;
+  ASSERT_TRUE(store.Create(r));
+  std::filesystem::resize_file(store.Dir(r.id) + "/record.json", 0);
+  auto loaded = store.Load(r.id);
+  ASSERT_TRUE(loaded) << loaded.error().message;
+  EXPECT_EQ(loaded->id, r.id);
+  EXPECT_EQ(loaded->state, SandboxState::kLost);
+  EXPECT_FALSE(loaded->error.empty());
+  EXPECT_TRUE(store.ListActive().empty());  // final: out of the index
+  ASSERT_TRUE(store.Remove(r.id));
+  std::filesystem::remove_all(dir);
+}
+
+// Save replaces the record in place of the old one, and leaves no temporary file.
+TEST(SandboxStore, SaveReplacesAtomically) {
+  std::string dir = std::filesystem::temp_directory_path() / ("tartarus-store-" + NewSandboxId());
+  SandboxStore store(dir);
+  auto r = Sample();
+  r.id = "dddd00000001";
+  ASSERT_TRUE(store.Create(r));
+  for (int code = 0; code < 3; ++code) {
+    r.exit_code = code;
+    ASSERT_TRUE(store.Save(r));
+    EXPECT_EQ(store.Load(r.id)->exit_code, code);
+  }
+  int files = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(store.Dir(r.id))) {
+    EXPECT_EQ(entry.path().filename(), "record.json");
+    ++files;
+  }
+  EXPECT_EQ(files, 1);
+  std::filesystem::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace tartarus::node

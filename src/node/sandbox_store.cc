@@ -75,8 +75,9 @@ Status SandboxStore::Create(const SandboxRecord& record) {
   }
   if (mkdir(Dir(record.id).c_str(), 0700) < 0) return FailErrno("creating " + Dir(record.id));
   TRY(Save(record));
-  // After the record: an index entry always has a record to read. A crash between the
-  // two leaves a record no supervisor ever started anything for.
+  // After the record: an index entry always has a record to read. A crash between the two
+  // syscalls leaves a record reconciling does not see: the runtime's own leftover cleanup
+  // (owner records) still removes whatever the sandbox left; `ps` shows it as creating.
   if (!IsFinal(record.state)) {
     std::string entry = ActiveDir() + "/" + record.id;
     if (symlink(("../" + record.id).c_str(), entry.c_str()) < 0 && errno != EEXIST) {

@@ -4,8 +4,11 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
+
 #include "common/units.h"
 #include "node/control_server.h"
+#include "node/node_lease.h"
 #include "protocol/codec.h"
 #include "runtime/owner.h"
 #include "runtime/phase_trace.h"
@@ -17,6 +20,9 @@ namespace {
 constexpr auto kAgentHandshakeTimeout = std::chrono::seconds(30);
 // The agent enforces the timeout; the supervisor steps in this much later if it has not.
 constexpr auto kTimeoutBackstopGrace = std::chrono::seconds(5);
+// How late a supervisor may notice that the node lease lapsed. The agent renews it one
+// heartbeat before Olympus's deadline, so this must stay well under a heartbeat interval.
+constexpr auto kLeaseCheckInterval = std::chrono::milliseconds(200);
 
 UniqueFd OpenLog(const std::string& path) {
   return UniqueFd(open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
@@ -51,8 +57,10 @@ Supervisor::~Supervisor() { Teardown(); }
 
 Status Supervisor::Start() {
   runtime::PhaseTimer logs_phase("supervisor.record");
-  // A foreground run's record was created with this process as its supervisor already.
-  if (record_.supervisor_pid != getpid()) {
+  bool record_written = !launch_.create_record;
+  bool record_taken = false;  // its id belongs to another sandbox's record
+  // A record created by this process already names it as the supervisor.
+  if (record_written && record_.supervisor_pid != getpid()) {
     record_.supervisor_pid = getpid();
     record_.supervisor_start_time = runtime::ProcessStartTime(getpid()).value_or(0);
     (void)store_.Save(record_);
@@ -64,7 +72,15 @@ Status Supervisor::Start() {
     record_.state = killed_ ? kill_state_ : SandboxState::kFailed;
     record_.error = killed_ ? kill_reason_ : error.message;
     record_.finished_ms = NowMs();
-    (void)store_.Save(record_);
+    if (record_taken) {
+      // Not ours to write.
+    } else if (launch_.remove_record) {
+      if (record_written) (void)store_.Remove(record_.id);
+    } else if (record_written) {
+      (void)store_.Save(record_);
+    } else {
+      (void)store_.Create(record_);  // final: `ps` shows why it failed
+    }
     return Fail(killed_ ? Error{ErrorCode::kCancelled, kill_reason_} : error);
   };
 
@@ -77,6 +93,14 @@ Status Supervisor::Start() {
   {
     std::lock_guard lock(destroy_mutex_);
     sandbox_ = std::move(*sandbox);
+  }
+  if (!record_written) {
+    runtime::PhaseTimer create_phase("store.create");
+    if (auto created = store_.Create(record_); !created) {
+      record_taken = created.error().code == ErrorCode::kAlreadyExists;
+      return fail(created.error().Context("creating the sandbox record"));
+    }
+    record_written = true;
   }
   if (Killed()) return fail(Error{ErrorCode::kCancelled, kill_reason_});
 
@@ -140,16 +164,35 @@ Status Supervisor::Start() {
 
   if (launch_.stdin_fd >= 0)
     stdin_pump_ = std::make_unique<StdinPump>(launch_.stdin_fd, *main_exec_);
-  if (record_.timeout_ms > 0) {
-    watchdog_ = std::thread([this] {
-      std::unique_lock lock(mutex_);
-      auto limit = std::chrono::milliseconds(record_.timeout_ms) + kTimeoutBackstopGrace;
-      if (killed_cv_.wait_for(lock, limit, [this] { return killed_ || finished_; })) return;
-      lock.unlock();
-      Kill(SandboxState::kExited, 0, "timed out");
-    });
+  if (record_.timeout_ms > 0 || !launch_.lease_file.empty()) {
+    watchdog_ = std::thread([this] { Watch(); });
   }
   return Ok();
+}
+
+void Supervisor::Watch() {
+  using Clock = std::chrono::steady_clock;
+  // The agent enforces the timeout; this is the backstop should the agent be gone.
+  auto timeout_at =
+      record_.timeout_ms > 0
+          ? Clock::now() + std::chrono::milliseconds(record_.timeout_ms) + kTimeoutBackstopGrace
+          : Clock::time_point::max();
+  std::unique_lock lock(mutex_);
+  while (true) {
+    auto wake = timeout_at;
+    if (!launch_.lease_file.empty()) wake = std::min(wake, Clock::now() + kLeaseCheckInterval);
+    if (killed_cv_.wait_until(lock, wake, [this] { return killed_ || finished_; })) return;
+    if (Clock::now() >= timeout_at) {
+      lock.unlock();
+      Kill(SandboxState::kExited, 0, "timed out");
+      return;
+    }
+    if (std::string lapsed = NodeLeaseLapsed(launch_.lease_file); !lapsed.empty()) {
+      lock.unlock();
+      Kill(SandboxState::kLost, SIGKILL, "stopped: " + lapsed);
+      return;
+    }
+  }
 }
 
 void Supervisor::OnOutput(protocol::Stream stream, std::string_view data) {
@@ -246,16 +289,20 @@ void Supervisor::Teardown(const std::function<void()>& meanwhile) {
     finished_ = true;
   }
   killed_cv_.notify_all();
+  // Tell the agent to end the sandbox first, without waiting for its answer: it kills what
+  // still runs and exits, and the OCI runtime cleans up, while we stop our threads below.
+  if (client_ && !Killed()) {
+    (void)client_->Send(protocol::Frame{client_->AllocateId(), protocol::Shutdown{}});
+  }
   if (watchdog_.joinable()) watchdog_.join();
   stdin_pump_.reset();
   runtime::PhaseTimer control_phase("teardown.control_stop");
   if (control_) control_->Stop();
   control_.reset();
   control_phase.Stop();
-  // Closing the stream ends the agent: at end of file it kills whatever still runs and
-  // exits, and the OCI runtime then finishes by itself, which is faster than killing the
-  // container. Not a Shutdown request: waiting for its answer was one more round trip on
-  // every run's path.
+  // Closing the stream ends the agent too (at end of file it kills whatever still runs and
+  // exits), if the Shutdown above did not already. Either way the OCI runtime then
+  // finishes by itself, which is faster than killing the container.
   runtime::PhaseTimer close_phase("teardown.agent_close");
   main_exec_.reset();
   client_.reset();

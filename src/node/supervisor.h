@@ -31,8 +31,13 @@ struct Launch {
   int stdout_fd = -1;         // the main command's output also goes here when >= 0
   int stderr_fd = -1;
   // run --rm: Finish() removes the record (while the runtime cleans up) instead of saving
-  // the final one.
+  // the final one; a failed Start() removes it too.
   bool remove_record = false;
+  // The record is not in the store yet: Start() creates it once the runtime is spawned, so
+  // that writing it overlaps with the runtime's start. Else it exists (state creating).
+  bool create_record = false;
+  // The node lease (node_lease.h): the sandbox is stopped as lost once it lapses.
+  std::string lease_file;
 };
 
 class Supervisor {
@@ -51,6 +56,8 @@ class Supervisor {
 
  private:
   SandboxRecord Wait();
+  // The watchdog thread: the timeout backstop and the node lease.
+  void Watch();
   bool Killed();
   void OnOutput(protocol::Stream stream, std::string_view data);
   // `meanwhile` runs once the agent was told to exit, while the runtime cleans up.

@@ -424,6 +424,29 @@ TEST(LetheTest, CopyOnWriteSizedAndGone) {
   (void)RunCommand({"rm", "-rf", "--one-file-system", tmp});
 }
 
+// DetachNow: one lazy detach of the tmpfs takes the overlay inside it along (the layout
+// of the OCI backends), a root outside is detached on its own; the mount points go too.
+TEST(LetheTest, DetachNowUnmountsBothLayoutsAndRemovesTheDirs) {
+  if (geteuid() != 0) GTEST_SKIP() << "skipped: needs root (mounts)";
+  char pattern[] = "/tmp/tartarus-lethe-XXXXXX";
+  ASSERT_NE(mkdtemp(pattern), nullptr);
+  std::string tmp = pattern;
+  ASSERT_EQ(mkdir((tmp + "/lower").c_str(), 0755), 0);
+  ASSERT_TRUE(WriteSmallFile(tmp + "/lower/file", "template"));
+  for (const std::string& root : {tmp + "/layer/rootfs", tmp + "/root"}) {
+    auto lethe = Lethe::Create(tmp + "/lower", tmp + "/layer", root, 1 << 20);
+    ASSERT_TRUE(lethe) << lethe.error().message;
+    EXPECT_EQ(ReadOr(root + "/file"), "template");
+    EXPECT_TRUE(lethe->DetachNow()) << root;
+    EXPECT_FALSE(Exists(root));
+    EXPECT_FALSE(Exists(tmp + "/layer"));
+    EXPECT_EQ(ReadOr("/proc/self/mountinfo").find(tmp), std::string::npos) << root;
+    EXPECT_FALSE(lethe->DetachNow());  // nothing left to detach
+    EXPECT_TRUE(lethe->Destroy());
+  }
+  (void)RunCommand({"rm", "-rf", "--one-file-system", tmp});
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, RuntimeIntegrationTest,
                          ::testing::Values("container", "gvisor", "container-crun"),
                          [](const auto& info) {

@@ -2,7 +2,6 @@
 // parameters. Results are typed by column type. Errors carry the server's message and
 // SQLSTATE-derived ErrorCode; connection errors name the host, never the password.
 // LISTEN runs on one dedicated connection that WaitForNotification polls.
-#include <libpq-fe.h>
 #include <poll.h>
 
 #include <charconv>
@@ -17,6 +16,7 @@
 
 #include "store/database.h"
 #include "store/database_internal.h"
+#include "store/libpq_library.h"
 
 namespace tartarus::store::internal {
 namespace {
@@ -28,12 +28,15 @@ constexpr int kTransactionAttempts = 8;
 constexpr Oid kBoolOid = 16, kInt8Oid = 20, kInt2Oid = 21, kInt4Oid = 23, kTextOid = 25,
               kOidOid = 26, kFloat4Oid = 700, kFloat8Oid = 701, kNumericOid = 1700;
 
+// OpenPostgres loads the library before anything here runs.
+const LibPq& Pq() { return **LoadLibPq(); }
+
 struct PgConnDeleter {
-  void operator()(PGconn* conn) const { PQfinish(conn); }
+  void operator()(PGconn* conn) const { Pq().PQfinish(conn); }
 };
 using PgConnPtr = std::unique_ptr<PGconn, PgConnDeleter>;
 struct PgResultDeleter {
-  void operator()(PGresult* result) const { PQclear(result); }
+  void operator()(PGresult* result) const { Pq().PQclear(result); }
 };
 using PgResultPtr = std::unique_ptr<PGresult, PgResultDeleter>;
 
@@ -47,30 +50,30 @@ std::string Trim(std::string text) {
 // "host:port/db" for messages; a Unix socket directory shows as the host.
 std::string Where(PGconn* conn) {
   if (conn == nullptr) return "(unknown server)";
-  std::string host = PQhost(conn) ? PQhost(conn) : "";
-  std::string port = PQport(conn) ? PQport(conn) : "";
-  std::string db = PQdb(conn) ? PQdb(conn) : "";
+  std::string host = Pq().PQhost(conn) ? Pq().PQhost(conn) : "";
+  std::string port = Pq().PQport(conn) ? Pq().PQport(conn) : "";
+  std::string db = Pq().PQdb(conn) ? Pq().PQdb(conn) : "";
   return host + ":" + port + "/" + db;
 }
 
 Result<PgConnPtr> Connect(const std::string& conninfo) {
-  PgConnPtr conn(PQconnectdb(conninfo.c_str()));
+  PgConnPtr conn(Pq().PQconnectdb(conninfo.c_str()));
   if (!conn) return Fail(ErrorCode::kResourceExhausted, "libpq could not allocate a connection");
-  if (PQstatus(conn.get()) != CONNECTION_OK) {
+  if (Pq().PQstatus(conn.get()) != CONNECTION_OK) {
     return Fail(ErrorCode::kFailedPrecondition, "cannot connect to PostgreSQL at " +
                                                     Where(conn.get()) + ": " +
-                                                    Trim(PQerrorMessage(conn.get())));
+                                                    Trim(Pq().PQerrorMessage(conn.get())));
   }
-  PQsetNoticeProcessor(conn.get(), IgnoreNotice, nullptr);
+  Pq().PQsetNoticeProcessor(conn.get(), IgnoreNotice, nullptr);
   return conn;
 }
 
 Value ConvertField(PGresult* result, int row, int column) {
-  if (PQgetisnull(result, row, column)) return std::monostate{};
-  const char* text = PQgetvalue(result, row, column);
-  int size = PQgetlength(result, row, column);
+  if (Pq().PQgetisnull(result, row, column)) return std::monostate{};
+  const char* text = Pq().PQgetvalue(result, row, column);
+  int size = Pq().PQgetlength(result, row, column);
   std::string_view view(text, size);
-  switch (PQftype(result, column)) {
+  switch (Pq().PQftype(result, column)) {
     case kInt2Oid:
     case kInt4Oid:
     case kInt8Oid:
@@ -131,18 +134,18 @@ Result<std::vector<Row>> Run(PGconn* conn, std::string_view sql, const std::vect
     values[i] = texts[i].c_str();
   }
   std::string statement(sql);
-  PgResultPtr result(PQexecParams(conn, statement.c_str(), static_cast<int>(params.size()),
-                                  types.data(), values.data(), nullptr, nullptr, 0));
+  PgResultPtr result(Pq().PQexecParams(conn, statement.c_str(), static_cast<int>(params.size()),
+                                       types.data(), values.data(), nullptr, nullptr, 0));
   if (!result) {
-    *broken = PQstatus(conn) != CONNECTION_OK;
+    *broken = Pq().PQstatus(conn) != CONNECTION_OK;
     return Fail(ErrorCode::kFailedPrecondition, "lost connection to PostgreSQL at " + Where(conn) +
-                                                    ": " + Trim(PQerrorMessage(conn)));
+                                                    ": " + Trim(Pq().PQerrorMessage(conn)));
   }
-  ExecStatusType status = PQresultStatus(result.get());
+  ExecStatusType status = Pq().PQresultStatus(result.get());
   if (status == PGRES_COMMAND_OK || status == PGRES_EMPTY_QUERY) return std::vector<Row>{};
   if (status == PGRES_TUPLES_OK) {
-    int rows = PQntuples(result.get());
-    int columns = PQnfields(result.get());
+    int rows = Pq().PQntuples(result.get());
+    int columns = Pq().PQnfields(result.get());
     std::vector<Row> out(rows);
     for (int r = 0; r < rows; ++r) {
       out[r].values.reserve(columns);
@@ -150,13 +153,13 @@ Result<std::vector<Row>> Run(PGconn* conn, std::string_view sql, const std::vect
     }
     return out;
   }
-  const char* sqlstate_field = PQresultErrorField(result.get(), PG_DIAG_SQLSTATE);
+  const char* sqlstate_field = Pq().PQresultErrorField(result.get(), PG_DIAG_SQLSTATE);
   std::string sqlstate = sqlstate_field ? sqlstate_field : "";
-  const char* primary = PQresultErrorField(result.get(), PG_DIAG_MESSAGE_PRIMARY);
+  const char* primary = Pq().PQresultErrorField(result.get(), PG_DIAG_MESSAGE_PRIMARY);
   std::string message =
-      "postgres: " + (primary ? std::string(primary) : Trim(PQerrorMessage(conn))) +
+      "postgres: " + (primary ? std::string(primary) : Trim(Pq().PQerrorMessage(conn))) +
       (sqlstate.empty() ? "" : " [" + sqlstate + "]") + " (in: " + SqlForMessage(sql) + ")";
-  if (PQstatus(conn) != CONNECTION_OK) {
+  if (Pq().PQstatus(conn) != CONNECTION_OK) {
     *broken = true;
     return Fail(ErrorCode::kFailedPrecondition,
                 "lost connection to PostgreSQL at " + Where(conn) + ": " + message);
@@ -304,21 +307,21 @@ class PostgresDatabase final : public Database {
       }
     }
     while (true) {
-      if (PQconsumeInput(listener_.get()) == 0) {
+      if (Pq().PQconsumeInput(listener_.get()) == 0) {
         listener_.reset();  // reconnects (and LISTENs again) on the next call
         lock.unlock();
         std::this_thread::sleep_until(deadline);
         return false;
       }
-      while (PGnotify* notify = PQnotifies(listener_.get())) {
+      while (PGnotify* notify = Pq().PQnotifies(listener_.get())) {
         pending_.insert(notify->relname);
-        PQfreemem(notify);
+        Pq().PQfreemem(notify);
       }
       if (pending_.erase(name) > 0) return true;
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
           deadline - std::chrono::steady_clock::now());
       if (left.count() <= 0) return false;
-      pollfd fd{.fd = PQsocket(listener_.get()), .events = POLLIN, .revents = 0};
+      pollfd fd{.fd = Pq().PQsocket(listener_.get()), .events = POLLIN, .revents = 0};
       if (fd.fd < 0) {
         listener_.reset();
         return false;
@@ -365,7 +368,7 @@ class PostgresDatabase final : public Database {
       if (!idle_.empty()) {
         PgConnPtr conn = std::move(idle_.back());
         idle_.pop_back();
-        if (PQstatus(conn.get()) == CONNECTION_OK) return conn;
+        if (Pq().PQstatus(conn.get()) == CONNECTION_OK) return conn;
         --open_;  // dropped by the server while idle: replace it
         continue;
       }
@@ -387,8 +390,8 @@ class PostgresDatabase final : public Database {
   void Release(PgConnPtr conn, bool broken) {
     {
       std::lock_guard lock(pool_mutex_);
-      if (broken || PQstatus(conn.get()) != CONNECTION_OK ||
-          PQtransactionStatus(conn.get()) != PQTRANS_IDLE) {
+      if (broken || Pq().PQstatus(conn.get()) != CONNECTION_OK ||
+          Pq().PQtransactionStatus(conn.get()) != PQTRANS_IDLE) {
         --open_;
         conn.reset();
       } else {
@@ -418,6 +421,7 @@ bool PostgresBound::WaitForNotification(std::string_view channel,
 }  // namespace
 
 Result<std::shared_ptr<Database>> OpenPostgres(const std::string& conninfo) {
+  TRY(LoadLibPq());
   auto db = std::make_shared<PostgresDatabase>(conninfo);
   TRY(db->Init());
   return std::shared_ptr<Database>(std::move(db));
