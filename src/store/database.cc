@@ -117,6 +117,12 @@ const std::vector<Migration>& Migrations() {
            "CREATE INDEX errors_sandbox ON errors(sandbox_id)",
            "CREATE INDEX errors_tenant ON errors(tenant_id, created_ms)",
        }},
+      // Admission counts a tenant's active sandboxes on every create: by state, not by
+      // scanning every sandbox the tenant ever had.
+      {2,
+       {
+           "CREATE INDEX sandboxes_tenant_state ON sandboxes(tenant_id, state)",
+       }},
   };
   return kMigrations;
 }
