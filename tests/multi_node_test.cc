@@ -201,6 +201,8 @@ std::map<std::string, std::string> LocalRuns(const std::string& state_dir) {
 struct ClusterOptions {
   std::string node_lease;                   // "" = the default (10 s)
   std::vector<int> agent_replica{0, 1, 0};  // which replica each agent talks to
+  // Agents that also know the other replica (`--olympus B,A`), to fail over to it.
+  std::vector<bool> agent_failover{false, false, false};
 };
 
 class Cluster {
@@ -269,8 +271,8 @@ class Cluster {
     for (int i = 0; i < kAgents; ++i) {
       agents_.push_back(std::make_unique<Daemon>(
           AgentDir(i), NodeId(i),
-          std::vector<std::string>{"agent", "--olympus", Tcp(options_.agent_replica[i]), "--token",
-                                   admin_token_, "--node-id", NodeId(i), "--agent-listen",
+          std::vector<std::string>{"agent", "--olympus", AgentOlympus(i), "--token", admin_token_,
+                                   "--node-id", NodeId(i), "--agent-listen",
                                    "127.0.0.1:" + std::to_string(agent_port_[i]), "--cpus", "2",
                                    "--memory", "4G", "--runtimes", "container"}));
     }
@@ -325,6 +327,12 @@ class Cluster {
 
   std::string Tcp(int replica) const {
     return "http://127.0.0.1:" + std::to_string(replica_port_[replica]);
+  }
+  // The --olympus value of agent i: its replica, then the other one when it fails over.
+  std::string AgentOlympus(int i) const {
+    int own = options_.agent_replica[i];
+    if (!options_.agent_failover[i]) return Tcp(own);
+    return Tcp(own) + "," + Tcp(1 - own);
   }
   Api Admin(int replica) const { return Api(Tcp(replica), admin_token_); }
   Api Client(int replica) const { return Api(Tcp(replica), client_token_); }
@@ -879,8 +887,8 @@ TEST_F(MultiNodeTest, KilledAgentsSandboxesAreRetriedOnOtherNodes) {
 }
 
 TEST_F(MultiNodeTest, KilledReplicaLosesNothing) {
-  // node-3 heartbeats to replica B, which dies: an agent knows one Olympus URL (no load
-  // balancer here), so node-3 is lost until B is back.
+  // node-3 heartbeats to replica B, which dies: node-3 knows only B (no load balancer, no
+  // failover list), so it is lost until B is back.
   ASSERT_NO_FATAL_FAILURE(StartCluster({.node_lease = "3s", .agent_replica = {0, 0, 1}}));
   CapacityWatch watch(*cluster_);
   std::string tag = RandomHex(8);
@@ -1018,6 +1026,48 @@ TEST_F(MultiNodeTest, ReportsSurviveAShortReplicaOutage) {
   }
   auto items = WaitRunFinished(*cluster_, tag, 4, seconds(20));
   ExpectEachRanOnce(*cluster_, items, markers);
+}
+
+TEST_F(MultiNodeTest, AgentFailsOverToTheOtherReplica) {
+  // node-3 heartbeats to replica B and knows A too. B dies for good: node-3 keeps its lease
+  // through A, and its sandboxes run on as attempt 1.
+  ASSERT_NO_FATAL_FAILURE(StartCluster(
+      {.node_lease = "3s", .agent_replica = {0, 0, 1}, .agent_failover = {false, false, true}}));
+  std::string tag = RandomHex(8);
+  for (int i : {0, 1}) {
+    auto c = cluster_->Admin(0).Post("/v1/nodes/" + Cluster::NodeId(i) + "/cordon", json::object());
+    ASSERT_EQ(c.status, 200) << c.body;
+  }
+  std::set<std::string> markers;
+  std::vector<std::string> ids;
+  for (int n = 0; n < 3; ++n) {
+    auto s = Submit(*cluster_, 0, SandboxBody(tag, Marker(tag, n), "sleep 8", "0.25"),
+                    tag + "-" + std::to_string(n));
+    ASSERT_FALSE(s.id.empty()) << s.error;
+    ids.push_back(s.id);
+    markers.insert(Marker(tag, n));
+  }
+  for (const auto& id : ids) {
+    auto s = cluster_->Admin(0).WaitForState(id, {"running"}, seconds(60));
+    ASSERT_EQ(s.value("state", ""), "running") << s.dump();
+    ASSERT_EQ(s.value("node", ""), "node-3") << s.dump();
+  }
+  cluster_->replica(1).Kill9();
+  Say("kill -9 Olympus replica B; node-3 fails over to A");
+  // Two leases later node-3 is still ready: its heartbeats reach A.
+  std::this_thread::sleep_for(seconds(6));
+  auto node = cluster_->Admin(0).Call("GET", "/v1/nodes/node-3");
+  ASSERT_EQ(node.status, 200) << node.body;
+  EXPECT_EQ(node.json.value("state", ""), "ready") << node.body;
+  for (int i : {0, 1}) {
+    auto c =
+        cluster_->Admin(0).Post("/v1/nodes/" + Cluster::NodeId(i) + "/uncordon", json::object());
+    ASSERT_EQ(c.status, 200) << c.body;
+  }
+  std::map<std::string, int> expected_attempt;
+  for (const auto& id : ids) expected_attempt[id] = 1;
+  auto items = WaitRunFinished(*cluster_, tag, 3, seconds(60));
+  ExpectEachRanOnce(*cluster_, items, markers, expected_attempt);
 }
 
 TEST_F(MultiNodeTest, RestartedClusterKeepsItsState) {

@@ -288,7 +288,8 @@ void AddDaemonCommands(CLI::App& app, GlobalOptions& global, int& exit_code) {
       "      --agent-listen 0.0.0.0:7778 --advertise http://10.0.0.5:7778 --label zone=a");
   AddConfigFlag(agent, *agent_flags);
   agent->add_option("--olympus", agent_flags->olympus,
-                    "Olympus URL: http://host:port or unix:///path");
+                    "Olympus URL: http://host:port or unix:///path; several replicas "
+                    "comma-separated (fails over to the next)");
   agent->add_option("--token", agent_flags->token, "An admin API token (env TARTARUS_TOKEN)");
   AddAgentFlags(agent, *agent_flags);
   agent->callback(

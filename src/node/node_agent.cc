@@ -149,6 +149,53 @@ std::string OutputEvent(std::string_view stream, std::string_view bytes) {
   return event.dump() + "\n";
 }
 
+// Olympus as seen from an agent: one or more replicas (config `olympus: URL,URL,...`). A
+// request that cannot reach one replica goes to the next; the replica that answered last is
+// tried first by every thread. Answers, errors included, come from whichever replica answered.
+class OlympusLink {
+ public:
+  static Result<OlympusLink> Create(const std::string& endpoints,
+                                    const http::ClientOptions& options,
+                                    std::shared_ptr<std::atomic<size_t>> preferred) {
+    OlympusLink link;
+    link.preferred_ = std::move(preferred);
+    size_t begin = 0;
+    while (begin <= endpoints.size()) {
+      size_t end = std::min(endpoints.find(',', begin), endpoints.size());
+      std::string url = endpoints.substr(begin, end - begin);
+      if (url.empty()) {
+        return Fail(ErrorCode::kInvalidArgument,
+                    "--olympus: an empty address in \"" + endpoints + "\" (URL[,URL...])");
+      }
+      auto client = http::Client::Create(url, options);
+      if (!client) return Fail(client.error().Context("--olympus " + url));
+      link.clients_.push_back(std::move(*client));
+      begin = end + 1;
+    }
+    return link;
+  }
+
+  Result<http::ClientResponse> Do(const std::string& method, const std::string& target,
+                                  const std::string& body,
+                                  std::vector<std::pair<std::string, std::string>> headers) {
+    size_t first = preferred_->load() % clients_.size();
+    Result<http::ClientResponse> answer = Fail(ErrorCode::kIo, "no Olympus address");
+    for (size_t i = 0; i < clients_.size(); ++i) {
+      size_t at = (first + i) % clients_.size();
+      answer = clients_[at].Do(method, target, body, headers);
+      if (answer) {
+        preferred_->store(at);
+        return answer;
+      }
+    }
+    return answer;
+  }
+
+ private:
+  std::vector<http::Client> clients_;
+  std::shared_ptr<std::atomic<size_t>> preferred_;
+};
+
 struct NodeAgent::Impl : std::enable_shared_from_this<NodeAgent::Impl> {
   NodeAgentConfig config;
   std::unique_ptr<http::Server> server;
@@ -174,18 +221,21 @@ struct NodeAgent::Impl : std::enable_shared_from_this<NodeAgent::Impl> {
 
   // ---- talking to Olympus ----
 
-  Result<http::Client> OlympusClient() {
+  std::shared_ptr<std::atomic<size_t>> preferred_olympus = std::make_shared<std::atomic<size_t>>(0);
+
+  // One per thread (a client is not shared between threads).
+  Result<OlympusLink> OlympusClient() {
     http::ClientOptions options;
     options.bearer_token = config.token;
     options.request_timeout = std::chrono::milliseconds(10000);
-    return http::Client::Create(config.olympus, options);
+    return OlympusLink::Create(config.olympus, options, preferred_olympus);
   }
 
   // POST with a JSON body; returns the parsed answer, or an Error carrying the API's message.
   // Errors: the HTTP status mapped to a code (409 -> kFailedPrecondition: stale or lost,
   // 404 -> kNotFound); not reaching Olympus at all is always kIo, so it is never mistaken
   // for Olympus's answer.
-  Result<json> Post(http::Client& client, const std::string& target, const json& body) {
+  Result<json> Post(OlympusLink& client, const std::string& target, const json& body) {
     auto sent = client.Do("POST", target, body.dump(), {{"Content-Type", "application/json"}});
     if (!sent) return Fail(ErrorCode::kIo, sent.error().message);
     auto& res = *sent;
@@ -217,7 +267,7 @@ struct NodeAgent::Impl : std::enable_shared_from_this<NodeAgent::Impl> {
     return names;
   }
 
-  Status Register(http::Client& client) {
+  Status Register(OlympusLink& client) {
     json body = {{"id", config.node_id},
                  {"name", config.node_id},
                  {"address", config.advertise},
@@ -234,7 +284,7 @@ struct NodeAgent::Impl : std::enable_shared_from_this<NodeAgent::Impl> {
 
   // True when Olympus took the report, or answered that the run is stale (then the run is
   // killed: never let two runs go on). False when it did not answer: try again later.
-  bool Report(http::Client& client, const Run& run, json body, const std::string& run_id) {
+  bool Report(OlympusLink& client, const Run& run, json body, const std::string& run_id) {
     body["sandbox"] = run.sandbox_id;
     body["attempt"] = run.attempt;
     auto res = Post(client, "/v1/nodes/" + http::UrlEncode(config.node_id) + "/reports", body);
@@ -352,7 +402,7 @@ struct NodeAgent::Impl : std::enable_shared_from_this<NodeAgent::Impl> {
     }
   }
 
-  void Reconcile(http::Client& client, const json& reply) {
+  void Reconcile(OlympusLink& client, const json& reply) {
     std::set<std::string> desired, kill_ids;
     LocalNode local(config.node);
     for (const auto& k : reply.value("kill", json::array())) {
@@ -495,7 +545,7 @@ struct NodeAgent::Impl : std::enable_shared_from_this<NodeAgent::Impl> {
   }
 
   // False when some report did not get through (the caller backs off).
-  bool ReportEnded(http::Client& client) {
+  bool ReportEnded(OlympusLink& client) {
     bool all_delivered = true;
     std::vector<std::pair<std::string, Run>> running;
     {
@@ -828,6 +878,10 @@ NodeAgent::~NodeAgent() { Stop(); }
 
 Result<std::unique_ptr<NodeAgent>> NodeAgent::Start(NodeAgentConfig config) {
   if (config.olympus.empty()) return Fail(ErrorCode::kInvalidArgument, "--olympus: required");
+  if (auto link = OlympusLink::Create(config.olympus, {}, std::make_shared<std::atomic<size_t>>(0));
+      !link) {
+    return Fail(link.error());
+  }
   if (config.listen.empty()) return Fail(ErrorCode::kInvalidArgument, "--listen: required");
   if (config.node_id.empty()) config.node_id = HostName();
   if (config.node.lease_file.empty())

@@ -21,7 +21,9 @@ namespace tartarus::node {
 
 struct NodeAgentConfig {
   NodeConfig node;
-  std::string olympus;  // Olympus endpoint: http://host:port or unix:///path
+  // Olympus: http://host:port or unix:///path; several replicas comma-separated (the agent
+  // fails over to the next one it can reach).
+  std::string olympus;
   std::string token;    // an admin token (empty over the trusted Unix socket)
   std::string node_id;  // default: the host name
   // Where this agent serves logs/exec/files: "unix:///path.sock" or "host:port".
