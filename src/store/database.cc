@@ -118,10 +118,12 @@ const std::vector<Migration>& Migrations() {
            "CREATE INDEX errors_tenant ON errors(tenant_id, created_ms)",
        }},
       // Admission counts a tenant's active sandboxes on every create: by state, not by
-      // scanning every sandbox the tenant ever had.
+      // scanning every sandbox the tenant ever had. Scheduling sums reservations per node
+      // on every batch: from the index alone, without reading job rows.
       {2,
        {
            "CREATE INDEX sandboxes_tenant_state ON sandboxes(tenant_id, state)",
+           "CREATE INDEX jobs_reservations ON jobs(state, node_id, millicpus, memory_bytes)",
        }},
   };
   return kMigrations;
