@@ -99,7 +99,8 @@ void AddRunCommand(CLI::App& app, GlobalOptions& global, int& exit_code) {
                   "Template (root filesystem and defaults); built on first use")
       ->capture_default_str();
   run->add_option("--runtime", flags->runtime,
-                  "Isolation backend: container (runc), container-crun, gvisor (runsc)")
+                  "Isolation backend: container (runc), container-crun, gvisor (runsc), "
+                  "microvm (tartarus-vmm; needs hardware virtualization)")
       ->capture_default_str();
   run->add_option("--cpus", flags->cpus, "CPU limit, e.g. 1 or 0.5 (default: the template's)");
   run->add_option("--memory", flags->memory, "Memory limit, e.g. 512M or 2G");

@@ -24,6 +24,7 @@
 #include "common/unique_fd.h"
 #include "runtime/cgroups.h"
 #include "runtime/lethe.h"
+#include "runtime/microvm_backend.h"
 #include "runtime/oci_bundle.h"
 #include "runtime/owner.h"
 #include "runtime/phase_trace.h"
@@ -574,11 +575,15 @@ Result<std::unique_ptr<Backend>> MakeBackend(std::string_view name, const Runtim
   if (name == "container") return MakeOciBackend(OciRuntime::kRunc, config);
   if (name == "container-crun") return MakeOciBackend(OciRuntime::kCrun, config);
   if (name == "gvisor") return MakeOciBackend(OciRuntime::kRunsc, config);
-  return Fail(ErrorCode::kInvalidArgument, "unknown backend \"" + std::string(name) +
-                                               "\": expected container, container-crun or gvisor");
+  if (name == "microvm") return MakeMicrovmBackend(config);
+  return Fail(ErrorCode::kInvalidArgument,
+              "unknown backend \"" + std::string(name) +
+                  "\": expected container, container-crun, gvisor or microvm");
 }
 
-std::vector<std::string> BackendNames() { return {"container", "container-crun", "gvisor"}; }
+std::vector<std::string> BackendNames() {
+  return {"container", "container-crun", "gvisor", "microvm"};
+}
 
 Result<std::vector<std::string>> CleanupLeftovers(const RuntimeConfig& config) {
   std::vector<std::string> cleaned;

@@ -1,5 +1,5 @@
 // The Tartarus runtime: one interface over the isolation backends (container = runc/crun,
-// gvisor = runsc, later microvm = tartarus-vmm/Firecracker). A backend starts an
+// gvisor = runsc, microvm = tartarus-vmm). A backend starts an
 // isolation boundary running the guest agent as PID 1 and hands back a byte stream to
 // it; everything above (exec, streaming, files, timeouts) speaks the guest protocol over
 // that stream and is written once.
@@ -80,7 +80,7 @@ class Backend {
   virtual Result<std::unique_ptr<Sandbox>> Start(const SandboxSpec& spec) = 0;
 };
 
-// Backend names: "container" (runc), "container-crun", "gvisor".
+// Backend names: "container" (runc), "container-crun", "gvisor", "microvm" (tartarus-vmm).
 Result<std::unique_ptr<Backend>> MakeBackend(std::string_view name, const RuntimeConfig& config);
 std::vector<std::string> BackendNames();
 
