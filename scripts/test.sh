@@ -52,7 +52,8 @@ fi
 step "tests"
 (cd build && ctest --output-on-failure --timeout 900 -j "$jobs") | tee build/ctest.log || failed=1
 step "fuzzers"
-(cd build-fuzz && ctest --output-on-failure) | tee build-fuzz/ctest.log || failed=1
+# Each fuzzer is single-threaded: run them side by side.
+(cd build-fuzz && ctest --output-on-failure -j "$jobs") | tee build-fuzz/ctest.log || failed=1
 
 passed_count=0
 failed_count=0
