@@ -1,0 +1,115 @@
+# tartarus-vmm test guest "irq": proves interrupts reach the guest. Installs an IDT, programs
+# the in-kernel 8259 PIC (IRQ 4 -> vector 0x24, everything else masked), enables the UART's
+# THR-empty interrupt and halts with interrupts on until the handler has run.
+        .code64
+        .text
+        .globl _start
+        .set UART_VECTOR, 0x24
+        .set IDT_ENTRIES, 64
+_start:
+        lea idt_table(%rip), %rdi
+        xor %ecx, %ecx
+1:      lea unexpected_handler(%rip), %rax
+        cmp $UART_VECTOR, %ecx
+        jne 2f
+        lea uart_handler(%rip), %rax
+2:      call set_gate
+        add $16, %rdi
+        inc %ecx
+        cmp $IDT_ENTRIES, %ecx
+        jne 1b
+        lidt idt_descriptor(%rip)
+
+        mov $0x11, %al                # ICW1: edge-triggered, cascade, ICW4 follows
+        out %al, $0x20
+        out %al, $0xa0
+        mov $0x20, %al                # ICW2: master vectors 0x20-0x27
+        out %al, $0x21
+        mov $0x28, %al                #        slave vectors 0x28-0x2f
+        out %al, $0xa1
+        mov $0x04, %al                # ICW3: slave on IRQ 2
+        out %al, $0x21
+        mov $0x02, %al
+        out %al, $0xa1
+        mov $0x01, %al                # ICW4: 8086 mode
+        out %al, $0x21
+        out %al, $0xa1
+        mov $0xef, %al                # unmask IRQ 4 only
+        out %al, $0x21
+        mov $0xff, %al
+        out %al, $0xa1
+
+        lea waiting(%rip), %rsi
+        call puts
+        mov $COM1+1, %dx              # IER: THR-empty interrupt
+        mov $0x02, %al
+        out %al, (%dx)
+        sti
+3:      hlt                           # STI's shadow lets HLT start before the interrupt
+        cmpb $0, irq_count(%rip)
+        je 3b
+        cli
+        lea delivered(%rip), %rsi
+        call puts
+        movb iir_value(%rip), %al
+        call puthex8
+        lea newline(%rip), %rsi
+        call puts
+        call boot_complete
+        jmp halt_forever
+
+# RDI: 16-byte gate to fill, RAX: handler. A present DPL0 64-bit interrupt gate.
+set_gate:
+        push %rdx
+        mov %rax, %rdx
+        mov %dx, (%rdi)
+        mov %cs, %edx
+        mov %dx, 2(%rdi)
+        movw $0x8e00, 4(%rdi)
+        mov %rax, %rdx
+        shr $16, %rdx
+        mov %dx, 6(%rdi)
+        shr $16, %rdx
+        mov %edx, 8(%rdi)
+        movl $0, 12(%rdi)
+        pop %rdx
+        ret
+
+uart_handler:
+        push %rax
+        push %rdx
+        mov $COM1+2, %dx              # IIR: reading it acknowledges THR empty
+        in (%dx), %al
+        mov %al, iir_value(%rip)
+        mov $COM1+1, %dx              # IER = 0: one interrupt is enough
+        xor %eax, %eax
+        out %al, (%dx)
+        incb irq_count(%rip)
+        mov $0x20, %al                # EOI to the master PIC
+        out %al, $0x20
+        pop %rdx
+        pop %rax
+        iretq
+
+unexpected_handler:
+        lea unexpected(%rip), %rsi
+        call puts
+        jmp halt_forever
+
+        .include "serial.inc"
+
+        .section .rodata
+waiting:    .asciz "waiting for interrupt\n"
+delivered:  .asciz "interrupt delivered iir="
+unexpected: .asciz "FAIL: unexpected interrupt\n"
+newline:    .asciz "\n"
+        .balign 8
+idt_descriptor:
+        .word IDT_ENTRIES * 16 - 1
+        .quad idt_table
+
+        .data
+irq_count: .byte 0
+iir_value: .byte 0
+        .balign 16
+idt_table: .fill IDT_ENTRIES * 16, 1, 0
