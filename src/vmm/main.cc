@@ -39,11 +39,12 @@ int main(int argc, char** argv) {
       "Boots a Linux kernel: an ELF vmlinux (PVH entry when it has the note, else its 64-bit\n"
       "entry) or a bzImage (64-bit boot protocol), with an optional initrd and ACPI tables,\n"
       "an 8250 serial port on 0x3f8, an i8042 for reboot, Firecracker's boot-complete port\n"
-      "(123 to port 0x3f0) and virtio-mmio devices (virtio-blk drives, virtio-rng), and runs\n"
-      "it until the guest halts with interrupts off, reboots or shuts down.\n"
+      "(123 to port 0x3f0) and virtio-mmio devices (virtio-blk drives, virtio-rng, virtio-vsock\n"
+      "with Firecracker's hybrid vsock), and runs it until the guest halts with interrupts\n"
+      "off, reboots or shuts down.\n"
       "Configure it with --kernel and the flags below, with Firecracker's JSON\n"
       "(--config-file), or through the Firecracker API on a Unix socket (--api-sock): PUT\n"
-      "/boot-source, /machine-config, /drives/{id}, /entropy, /metrics, then /actions\n"
+      "/boot-source, /machine-config, /drives/{id}, /vsock, /entropy, /metrics, then /actions\n"
       "InstanceStart (docs/vmm.md, \"The Firecracker API\").\n"
       "Exit status: 0 on a clean guest stop, 1 on a VMM error, a bad --config-file or a\n"
       "timeout, 2 when the guest crashed (triple fault), 64 on bad flags.",
@@ -67,7 +68,7 @@ int main(int argc, char** argv) {
                  "serve the Firecracker API on this Unix socket (must not exist yet)");
   app.add_option("--config-file", config_file,
                  "boot from Firecracker's JSON configuration (boot-source, machine-config, "
-                 "drives, entropy, metrics) without API calls")
+                 "drives, vsock, entropy, metrics) without API calls")
       ->check(CLI::ExistingFile);
   app.add_option("--id", instance_id, "instance id reported by GET /")->capture_default_str();
   app.add_option("--lethe-dir", config.lethe_dir,
