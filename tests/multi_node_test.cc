@@ -699,6 +699,15 @@ class MultiNodeTest : public ::testing::Test {
     started_ = Clock::now();
   }
 
+  // Cordons node-1 and node-2 (new work then goes to node-3), or uncordons them.
+  void CordonAllButNode3(bool cordon) {
+    for (int i : {0, 1}) {
+      auto c = cluster_->Admin(0).Post(
+          "/v1/nodes/" + Cluster::NodeId(i) + (cordon ? "/cordon" : "/uncordon"), json::object());
+      ASSERT_EQ(c.status, 200) << c.body;
+    }
+  }
+
   void StartCluster(ClusterOptions options) {
     cluster_ = std::make_unique<Cluster>(schema_->url(), std::move(options));
     auto st = cluster_->Start();
@@ -894,10 +903,7 @@ TEST_F(MultiNodeTest, KilledReplicaLosesNothing) {
   std::string tag = RandomHex(8);
 
   // Three long sandboxes on node-3 (the other nodes cordoned meanwhile).
-  for (int i : {0, 1}) {
-    auto c = cluster_->Admin(0).Post("/v1/nodes/" + Cluster::NodeId(i) + "/cordon", json::object());
-    ASSERT_EQ(c.status, 200) << c.body;
-  }
+  ASSERT_NO_FATAL_FAILURE(CordonAllButNode3(true));
   std::vector<std::string> long_ids;
   std::set<std::string> markers;
   for (int n = 1000; n < 1003; ++n) {
@@ -912,11 +918,7 @@ TEST_F(MultiNodeTest, KilledReplicaLosesNothing) {
     ASSERT_EQ(s.value("state", ""), "running") << s.dump();
     ASSERT_EQ(s.value("node", ""), "node-3") << s.dump();
   }
-  for (int i : {0, 1}) {
-    auto c =
-        cluster_->Admin(0).Post("/v1/nodes/" + Cluster::NodeId(i) + "/uncordon", json::object());
-    ASSERT_EQ(c.status, 200) << c.body;
-  }
+  ASSERT_NO_FATAL_FAILURE(CordonAllButNode3(false));
 
   // 80 short ones from 8 threads, alternating replicas; B is killed once the first 40 are in,
   // and the second 40 wait for that, so half of them meet a dead replica first.
@@ -997,10 +999,7 @@ TEST_F(MultiNodeTest, ReportsSurviveAShortReplicaOutage) {
   // node-3's sandboxes end. Once B is back, their ends must reach the store.
   ASSERT_NO_FATAL_FAILURE(StartCluster({.agent_replica = {0, 0, 1}}));
   std::string tag = RandomHex(8);
-  for (int i : {0, 1}) {
-    auto c = cluster_->Admin(0).Post("/v1/nodes/" + Cluster::NodeId(i) + "/cordon", json::object());
-    ASSERT_EQ(c.status, 200) << c.body;
-  }
+  ASSERT_NO_FATAL_FAILURE(CordonAllButNode3(true));
   std::set<std::string> markers;
   std::vector<std::string> ids;
   for (int n = 0; n < 4; ++n) {
@@ -1019,11 +1018,7 @@ TEST_F(MultiNodeTest, ReportsSurviveAShortReplicaOutage) {
   std::this_thread::sleep_for(seconds(4));
   ASSERT_TRUE(cluster_->StartReplica(1));
   Say("replica B is back");
-  for (int i : {0, 1}) {
-    auto c =
-        cluster_->Admin(0).Post("/v1/nodes/" + Cluster::NodeId(i) + "/uncordon", json::object());
-    ASSERT_EQ(c.status, 200) << c.body;
-  }
+  ASSERT_NO_FATAL_FAILURE(CordonAllButNode3(false));
   auto items = WaitRunFinished(*cluster_, tag, 4, seconds(20));
   ExpectEachRanOnce(*cluster_, items, markers);
 }
@@ -1034,10 +1029,7 @@ TEST_F(MultiNodeTest, AgentFailsOverToTheOtherReplica) {
   ASSERT_NO_FATAL_FAILURE(StartCluster(
       {.node_lease = "3s", .agent_replica = {0, 0, 1}, .agent_failover = {false, false, true}}));
   std::string tag = RandomHex(8);
-  for (int i : {0, 1}) {
-    auto c = cluster_->Admin(0).Post("/v1/nodes/" + Cluster::NodeId(i) + "/cordon", json::object());
-    ASSERT_EQ(c.status, 200) << c.body;
-  }
+  ASSERT_NO_FATAL_FAILURE(CordonAllButNode3(true));
   std::set<std::string> markers;
   std::vector<std::string> ids;
   for (int n = 0; n < 3; ++n) {
@@ -1059,11 +1051,7 @@ TEST_F(MultiNodeTest, AgentFailsOverToTheOtherReplica) {
   auto node = cluster_->Admin(0).Call("GET", "/v1/nodes/node-3");
   ASSERT_EQ(node.status, 200) << node.body;
   EXPECT_EQ(node.json.value("state", ""), "ready") << node.body;
-  for (int i : {0, 1}) {
-    auto c =
-        cluster_->Admin(0).Post("/v1/nodes/" + Cluster::NodeId(i) + "/uncordon", json::object());
-    ASSERT_EQ(c.status, 200) << c.body;
-  }
+  ASSERT_NO_FATAL_FAILURE(CordonAllButNode3(false));
   std::map<std::string, int> expected_attempt;
   for (const auto& id : ids) expected_attempt[id] = 1;
   auto items = WaitRunFinished(*cluster_, tag, 3, seconds(60));
