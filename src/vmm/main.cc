@@ -45,7 +45,8 @@ int main(int argc, char** argv) {
       "Configure it with --kernel and the flags below, with Firecracker's JSON\n"
       "(--config-file), or through the Firecracker API on a Unix socket (--api-sock): PUT\n"
       "/boot-source, /machine-config, /drives/{id}, /vsock, /entropy, /metrics, then /actions\n"
-      "InstanceStart (docs/vmm.md, \"The Firecracker API\").\n"
+      "InstanceStart; PATCH /vm Paused|Resumed; PUT /snapshot/create (paused) and, in a fresh\n"
+      "tartarus-vmm, PUT /snapshot/load (docs/vmm.md, \"The Firecracker API\").\n"
       "Exit status: 0 on a clean guest stop, 1 on a VMM error, a bad --config-file or a\n"
       "timeout, 2 when the guest crashed (triple fault), 64 on bad flags.",
       "tartarus-vmm"};

@@ -1,6 +1,8 @@
 // tartarus-vmm (Tartarus's KVM microVM monitor): the 8250/16550 UART.
 #include "vmm/serial.h"
 
+#include <algorithm>
+
 namespace tartarus::vmm {
 
 void Uart8250::Read(uint64_t offset, std::span<uint8_t> data) {
@@ -26,6 +28,39 @@ size_t Uart8250::EnqueueInput(std::span<const uint8_t> bytes) {
   }
   UpdateIrq();
   return accepted;
+}
+
+UartState Uart8250::State() {
+  std::lock_guard guard(mutex_);
+  return UartState{.ier = ier_,
+                   .lcr = lcr_,
+                   .mcr = mcr_,
+                   .msr = msr_,
+                   .scr = scr_,
+                   .fcr = fcr_,
+                   .dll = dll_,
+                   .dlm = dlm_,
+                   .thr_empty_pending = thr_empty_pending_,
+                   .input = std::vector<uint8_t>(input_.begin(), input_.end())};
+}
+
+void Uart8250::Restore(const UartState& state) {
+  std::lock_guard guard(mutex_);
+  ier_ = state.ier;
+  lcr_ = state.lcr;
+  mcr_ = state.mcr;
+  msr_ = state.msr;
+  scr_ = state.scr;
+  fcr_ = state.fcr;
+  dll_ = state.dll;
+  dlm_ = state.dlm;
+  thr_empty_pending_ = state.thr_empty_pending;
+  input_.assign(
+      state.input.begin(),
+      state.input.begin() + static_cast<ptrdiff_t>(std::min(state.input.size(), kInputCapacity)));
+  // A new VM's line starts low: raise it if the restored registers say so.
+  irq_asserted_ = false;
+  UpdateIrq();
 }
 
 uint8_t Uart8250::InterruptId() const {

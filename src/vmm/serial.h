@@ -8,6 +8,7 @@
 #include <functional>
 #include <mutex>
 #include <span>
+#include <vector>
 
 #include "vmm/bus.h"
 
@@ -15,6 +16,20 @@ namespace tartarus::vmm {
 
 inline constexpr uint16_t kCom1Port = 0x3f8;
 inline constexpr uint32_t kCom1Irq = 4;
+
+// The UART's registers and pending input as plain data (for snapshots).
+struct UartState {
+  uint8_t ier = 0;
+  uint8_t lcr = 0x03;
+  uint8_t mcr = 0x08;
+  uint8_t msr = 0xb0;
+  uint8_t scr = 0;
+  uint8_t fcr = 0;
+  uint8_t dll = 0x0c;
+  uint8_t dlm = 0;
+  bool thr_empty_pending = false;
+  std::vector<uint8_t> input;  // at most Uart8250::kInputCapacity bytes
+};
 
 class Uart8250 : public BusDevice {
  public:
@@ -28,6 +43,10 @@ class Uart8250 : public BusDevice {
 
   // Host input for the guest; returns how many bytes fit in the receive buffer.
   size_t EnqueueInput(std::span<const uint8_t> bytes);
+
+  UartState State();
+  // Sets the registers and input (beyond kInputCapacity dropped) and drives the line to match.
+  void Restore(const UartState& state);
 
   // Register offsets from the base port.
   static constexpr uint64_t kData = 0;  // RBR (read) / THR (write) / DLL (DLAB=1)

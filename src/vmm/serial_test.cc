@@ -34,6 +34,39 @@ class UartTest : public ::testing::Test {
   Uart8250 uart_;
 };
 
+// Snapshots: registers and pending input move to a new UART, whose line follows them.
+TEST_F(UartTest, StateRestoresIntoANewUartWithItsInterruptLine) {
+  Out(Uart8250::kLcr, 0x80);  // DLAB: divisor 1
+  Out(Uart8250::kData, 1);
+  Out(Uart8250::kLcr, 0x1b);
+  Out(Uart8250::kScr, 0x5a);
+  Out(Uart8250::kIer, Uart8250::kIerReceivedData);
+  const uint8_t input[] = {'o', 'k'};
+  ASSERT_EQ(uart_.EnqueueInput(input), 2u);
+  ASSERT_TRUE(irq_.level);
+  const UartState saved = uart_.State();
+  EXPECT_EQ(saved.dll, 1);
+  EXPECT_EQ(saved.input, (std::vector<uint8_t>{'o', 'k'}));
+
+  FakeIrq other_irq;
+  Uart8250 restored([](uint8_t) {}, &other_irq);
+  restored.Restore(saved);
+  EXPECT_TRUE(other_irq.level);  // received data is pending with its interrupt enabled
+  uint8_t value = 0;
+  restored.Read(Uart8250::kScr, std::span(&value, 1));
+  EXPECT_EQ(value, 0x5a);
+  restored.Read(Uart8250::kData, std::span(&value, 1));
+  EXPECT_EQ(value, 'o');
+  restored.Read(Uart8250::kData, std::span(&value, 1));
+  EXPECT_EQ(value, 'k');
+  EXPECT_FALSE(other_irq.level);
+  // More input than the buffer holds is cut to its capacity.
+  UartState flooded = saved;
+  flooded.input.assign(Uart8250::kInputCapacity + 10, 'x');
+  restored.Restore(flooded);
+  EXPECT_EQ(restored.State().input.size(), Uart8250::kInputCapacity);
+}
+
 TEST_F(UartTest, TransmitsToTheSinkAndAlwaysReportsAnEmptyTransmitter) {
   for (char c : std::string("hi\n")) Out(Uart8250::kData, static_cast<uint8_t>(c));
   EXPECT_EQ(output_, "hi\n");

@@ -229,20 +229,7 @@ Status Vmm::Setup() {
                                memory_);
   if (!plan) return Fail(plan.error().Context("loading " + config_.kernel_path));
 
-  // Devices.
-  Uart8250::Sink sink = config_.serial_sink;
-  if (!sink && config_.serial_fd >= 0) {
-    int fd = config_.serial_fd;
-    sink = [fd](uint8_t byte) { WriteAll(fd, byte); };
-  }
-  serial_irq_ = std::make_unique<KvmIrqLine>(vm_, kCom1Irq);
-  serial_ = std::make_shared<Uart8250>(std::move(sink), serial_irq_.get());
-  i8042_ = std::make_shared<I8042>([this] { Stop(StopReason::kReboot, "i8042 reset"); });
-  boot_timer_ = std::make_shared<BootTimer>(nullptr);
-  TRY(pio_.Insert(kCom1Port, 8, serial_));
-  TRY(pio_.Insert(kI8042Port, kI8042PortCount, i8042_));
-  TRY(pio_.Insert(kBootCompletePort, 1, boot_timer_));
-  TRY(mmio_.Insert(kBootCompleteMmio, 0x1000, boot_timer_));
+  TRY(AttachLegacyDevices());
 
   // vCPUs. APs get the same state; the in-kernel LAPIC keeps them waiting for INIT/SIPI.
   std::vector<kvm_cpuid_entry2> supported = TRY(kvm_.GetSupportedCpuid());
@@ -264,57 +251,97 @@ Status Vmm::Setup() {
     TRY(vcpu.SetFpu(fpu));
     vcpus_.push_back(std::move(vcpu));
   }
+  InitVcpuCounters();
+  return Ok();
+}
+
+void Vmm::InitVcpuCounters() {
   exit_counts_.reset(new std::atomic<uint64_t>[vcpus_.size()]);
   idle_generation_.reset(new std::atomic<uint64_t>[vcpus_.size()]);
   for (size_t i = 0; i < vcpus_.size(); ++i) {
     exit_counts_[i] = 0;
     idle_generation_[i] = 0;
   }
+  vcpu_task_results_.assign(vcpus_.size(), std::nullopt);
+}
+
+Status Vmm::AttachLegacyDevices() {
+  Uart8250::Sink sink = config_.serial_sink;
+  if (!sink && config_.serial_fd >= 0) {
+    int fd = config_.serial_fd;
+    sink = [fd](uint8_t byte) { WriteAll(fd, byte); };
+  }
+  serial_irq_ = std::make_unique<KvmIrqLine>(vm_, kCom1Irq);
+  serial_ = std::make_shared<Uart8250>(std::move(sink), serial_irq_.get());
+  i8042_ = std::make_shared<I8042>([this] { Stop(StopReason::kReboot, "i8042 reset"); });
+  boot_timer_ = std::make_shared<BootTimer>(nullptr);
+  TRY(pio_.Insert(kCom1Port, 8, serial_));
+  TRY(pio_.Insert(kI8042Port, kI8042PortCount, i8042_));
+  TRY(pio_.Insert(kBootCompletePort, 1, boot_timer_));
+  TRY(mmio_.Insert(kBootCompleteMmio, 0x1000, boot_timer_));
   return Ok();
 }
 
-Result<virtio::MmioDeviceInfo> Vmm::DeviceSlot(size_t n) const {
-  return virtio::MmioSlot(config_.virtio_mmio.size() + n);
+Result<size_t> Vmm::AttachVirtio(std::string name, uint32_t slot_index,
+                                 std::unique_ptr<virtio::VirtioDevice> device) {
+  virtio::MmioDeviceInfo slot = TRY(virtio::MmioSlot(slot_index));
+  device_irqs_.push_back(std::make_unique<KvmIrqLine>(vm_, slot.irq));
+  auto transport = std::make_shared<virtio::MmioTransport>(
+      std::move(device), memory_, device_irqs_.back().get(), [name](const Error& error) {
+        // The guest broke the virtio protocol: its device is reset-only until it recovers.
+        std::fprintf(stderr, "tartarus-vmm: %s: %s\n", name.c_str(), error.message.c_str());
+      });
+  TRY(mmio_.Insert(slot.base, slot.size, transport));
+  devices_.push_back({.name = std::move(name),
+                      .slot = slot,
+                      .transport = std::move(transport),
+                      .slot_index = slot_index});
+  return devices_.size() - 1;
+}
+
+Status Vmm::StartVsock(size_t index) {
+  virtio::MmioTransport* transport = devices_[index].transport.get();
+  auto* vsock = static_cast<virtio::VsockDevice*>(&transport->device());
+  // Host-side data for the guest arrives on the device's own thread: it kicks the rx queue.
+  TRY(vsock->Start([transport] { transport->NotifyFromHost(virtio::VsockDevice::kRxQueue); }));
+  vsock_ = vsock;
+  return Ok();
 }
 
 Status Vmm::AttachDevices() {
-  auto attach = [this](std::string name, std::unique_ptr<virtio::VirtioDevice> device) -> Status {
-    virtio::MmioDeviceInfo slot = TRY(DeviceSlot(devices_.size()));
-    device_irqs_.push_back(std::make_unique<KvmIrqLine>(vm_, slot.irq));
-    auto transport = std::make_shared<virtio::MmioTransport>(
-        std::move(device), memory_, device_irqs_.back().get(), [name](const Error& error) {
-          // The guest broke the virtio protocol: its device is reset-only until it recovers.
-          std::fprintf(stderr, "tartarus-vmm: %s: %s\n", name.c_str(), error.message.c_str());
-        });
-    TRY(mmio_.Insert(slot.base, slot.size, transport));
-    devices_.push_back({.name = std::move(name), .slot = slot, .transport = std::move(transport)});
-    return Ok();
+  const auto next_slot = [this] {
+    return static_cast<uint32_t>(config_.virtio_mmio.size() + devices_.size());
   };
   for (const DriveConfig& drive : config_.drives) {
     std::unique_ptr<virtio::Disk> disk;
+    virtio::LetheDisk* lethe_disk = nullptr;
     if (drive.lethe) {
       auto lethe = virtio::LetheDisk::Create(drive.path, config_.lethe_dir);
       if (!lethe) return Fail(lethe.error().Context("drive " + drive.id));
+      lethe_disk = lethe->get();
       disk = std::move(*lethe);
     } else {
       auto file = virtio::FileDisk::Open(drive.path, drive.read_only);
       if (!file) return Fail(file.error().Context("drive " + drive.id));
       disk = std::move(*file);
     }
-    TRY(attach("virtio-blk " + drive.id,
-               std::make_unique<virtio::BlockDevice>(std::move(disk), drive.id, drive.read_only)));
+    const uint64_t disk_bytes = disk->Size();
+    size_t index = TRY(AttachVirtio(
+        "virtio-blk " + drive.id, next_slot(),
+        std::make_unique<virtio::BlockDevice>(std::move(disk), drive.id, drive.read_only)));
+    devices_[index].drive = drive;
+    devices_[index].disk_bytes = disk_bytes;
+    devices_[index].lethe = lethe_disk;
   }
-  if (config_.entropy) TRY(attach("virtio-rng", std::make_unique<virtio::RngDevice>()));
+  if (config_.entropy) {
+    TRY(AttachVirtio("virtio-rng", next_slot(), std::make_unique<virtio::RngDevice>()));
+  }
   if (config_.vsock) {
     auto device = virtio::VsockDevice::Create(
         {.guest_cid = config_.vsock->guest_cid, .uds_path = config_.vsock->uds_path});
     if (!device) return Fail(device.error().Context("vsock"));
-    virtio::VsockDevice* vsock = device->get();
-    TRY(attach("virtio-vsock", std::move(*device)));
-    virtio::MmioTransport* transport = devices_.back().transport.get();
-    // Host-side data for the guest arrives on the device's own thread: it kicks the rx queue.
-    TRY(vsock->Start([transport] { transport->NotifyFromHost(virtio::VsockDevice::kRxQueue); }));
-    vsock_ = vsock;
+    size_t index = TRY(AttachVirtio("virtio-vsock", next_slot(), std::move(*device)));
+    TRY(StartVsock(index));
   }
   return Ok();
 }
@@ -435,7 +462,20 @@ void Vmm::VcpuLoop(size_t index) {
       std::unique_lock lock(mutex_);
       parked_vcpus_.fetch_add(1);
       changed_.notify_all();
-      changed_.wait(lock, [this] { return !paused_.load() || stopping_.load(); });
+      while (true) {
+        const auto task_waiting = [this, index] {
+          return vcpu_task_ != nullptr && !vcpu_task_results_[index].has_value();
+        };
+        changed_.wait(lock, [&] { return !paused_.load() || stopping_.load() || task_waiting(); });
+        if (!paused_.load() || stopping_.load()) break;
+        // A task for parked vCPUs (snapshot capture): KVM wants vCPU ioctls on their thread.
+        const auto* task = vcpu_task_;
+        lock.unlock();
+        Status result = (*task)(index, vcpu);
+        lock.lock();
+        vcpu_task_results_[index] = std::move(result);
+        changed_.notify_all();
+      }
       parked_vcpus_.fetch_sub(1);
       vcpu.run()->immediate_exit = 0;
       continue;

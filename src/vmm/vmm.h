@@ -26,8 +26,9 @@
 #include "vmm/virtio/mmio.h"
 
 namespace tartarus::vmm::virtio {
+class LetheDisk;
 class VsockDevice;
-}
+}  // namespace tartarus::vmm::virtio
 
 namespace tartarus::vmm {
 
@@ -112,11 +113,30 @@ class Vmm {
   void Resume();
   bool paused() const { return paused_.load(); }
 
+  // Persephone (docs/vmm.md, "Snapshots"). The VM must be paused: every vCPU's state is read
+  // on its own thread (after completing a pending I/O exit), then the VM's, the guest memory
+  // (memory_path) and each device's blob (state_path). A Lethe drive's written blocks go to
+  // LetheOverlayPath(state_path, device key), beside the state file.
+  Status CreateSnapshot(const std::string& state_path, const std::string& memory_path);
+  // A new VM from a snapshot, not yet running (call Pause() before Run() to keep it parked).
+  // config gives the host side (serial output, lethe_dir, kvm_path, timeout); the machine
+  // and its devices come from the files. Every inconsistency is an Error naming it.
+  static Result<std::unique_ptr<Vmm>> Restore(const VmmConfig& config,
+                                              const std::string& state_path,
+                                              const std::string& memory_path);
+  static std::string LetheOverlayPath(const std::string& state_path, const std::string& key);
+  // The configuration the VM was built from (for a restored VM: what the snapshot held).
+  const VmmConfig& config() const { return config_; }
+
   // Where each virtio device sits, in slot order (after config.virtio_mmio's empty slots).
   struct AttachedDevice {
     std::string name;  // "virtio-blk rootfs", "virtio-rng"
     virtio::MmioDeviceInfo slot;
     std::shared_ptr<virtio::MmioTransport> transport;
+    uint32_t slot_index = 0;             // MmioSlot index
+    std::optional<DriveConfig> drive;    // virtio-blk only
+    uint64_t disk_bytes = 0;             // virtio-blk only
+    virtio::LetheDisk* lethe = nullptr;  // a Lethe drive's disk, owned by the device
   };
   const std::vector<AttachedDevice>& devices() const { return devices_; }
 
@@ -127,8 +147,15 @@ class Vmm {
   Vmm(VmmConfig config, GuestMemory memory, KvmSystem kvm, VmFd vm);
   Status Setup();
   Status AttachDevices();
-  // The slots after config_.virtio_mmio's: where device n goes.
-  Result<virtio::MmioDeviceInfo> DeviceSlot(size_t n) const;
+  Status AttachLegacyDevices();
+  // Puts a virtio device on the MMIO bus at MmioSlot(slot_index) with its own IRQ line.
+  // Returns its index in devices_.
+  Result<size_t> AttachVirtio(std::string name, uint32_t slot_index,
+                              std::unique_ptr<virtio::VirtioDevice> device);
+  Status StartVsock(size_t index);
+  void InitVcpuCounters();
+  // Runs task on every vCPU's own thread while they are parked (the VM must be paused).
+  Status RunOnParkedVcpus(const std::function<Status(size_t, VcpuFd&)>& task);
   void VcpuLoop(size_t index);
   // Handles one KVM exit; returns false when the vCPU must stop.
   bool HandleExit(size_t index);
@@ -163,6 +190,11 @@ class Vmm {
   std::mutex mutex_;
   std::condition_variable changed_;
   std::optional<StopReason> stop_reason_;
+  // RunOnParkedVcpus: the task parked vCPU threads run, and per vCPU whether it ran and how.
+  const std::function<Status(size_t, VcpuFd&)>* vcpu_task_ = nullptr;
+  std::vector<std::optional<Status>> vcpu_task_results_;
+  // A restored VM's memory file (device, inode): a snapshot must not overwrite it.
+  std::optional<std::pair<uint64_t, uint64_t>> backing_memory_file_;
   std::string stop_detail_;
 };
 

@@ -276,6 +276,7 @@ Status VmController::PutBootSource(const json& body) {
   // Firecracker's default command line when boot_args is absent.
   config_.cmdline = boot_args.value_or("reboot=k panic=1 pci=off nomodule 8250.nr_uarts=0");
   boot_source_set_ = true;
+  boot_configured_ = true;
   return Ok();
 }
 
@@ -297,6 +298,7 @@ Status VmController::PutMachineConfig(const json& body) {
   config_.vcpus = static_cast<uint32_t>(*vcpus);
   config_.memory_mib = *memory;
   track_dirty_pages_ = track.value_or(false);
+  boot_configured_ = true;
   return Ok();
 }
 
@@ -441,10 +443,15 @@ Status VmController::PutSnapshotCreate(const json& body) {
   if (state() != InstanceState::kPaused) {
     return Invalid("snapshot/create: the microVM must be paused first (PATCH /vm Paused)");
   }
-  if (!options_.create_snapshot) {
-    return Invalid("snapshot/create: snapshots are not implemented yet in tartarus-vmm");
+  if (params.snapshot_type == "Diff") {
+    return Invalid(
+        "snapshot/create: Diff snapshots are not supported by tartarus-vmm (no dirty-page "
+        "tracking yet); use `snapshot_type` `Full`");
   }
-  return options_.create_snapshot(*vmm_, params);
+  if (options_.create_snapshot) return options_.create_snapshot(*vmm_, params);
+  auto created = vmm_->CreateSnapshot(params.snapshot_path, params.mem_file_path);
+  if (!created) return Invalid("snapshot/create: " + created.error().message);
+  return Ok();
 }
 
 Status VmController::PutSnapshotLoad(const json& body) {
@@ -473,13 +480,29 @@ Status VmController::PutSnapshotLoad(const json& body) {
   }
   TRY(RequireNotStarted());
   // Firecracker: a snapshot loads into a fresh VMM only.
-  if (!config_.drives.empty() || config_.entropy || config_.vsock) {
-    return Invalid("snapshot/load: load a snapshot before configuring any device");
+  if (!config_.drives.empty() || config_.entropy || config_.vsock || boot_configured_) {
+    return Invalid(
+        "snapshot/load: Loading a microVM snapshot not allowed after configuring boot-specific "
+        "resources (boot-source, machine-config, drives, vsock, entropy).");
   }
-  if (!options_.load_snapshot) {
-    return Invalid("snapshot/load: snapshots are not implemented yet in tartarus-vmm");
+  if (params.mem_backend_type == "Uffd") {
+    return Invalid(
+        "snapshot/load: `backend_type` `Uffd` is not supported by tartarus-vmm; use `File`");
   }
-  return options_.load_snapshot(config_, params);
+  Result<std::unique_ptr<Vmm>> restored =
+      options_.load_snapshot ? options_.load_snapshot(config_, params)
+                             : Vmm::Restore(config_, params.snapshot_path, params.mem_backend_path);
+  if (!restored) return Invalid("snapshot/load: " + restored.error().message);
+  vmm_ = std::move(*restored);
+  // What the snapshot held is now the configuration (GET /machine-config shows it).
+  config_ = vmm_->config();
+  track_dirty_pages_ = params.track_dirty_pages;
+  if (!params.resume_vm) {
+    TRY(vmm_->Pause());  // before Run(): the vCPU threads park as they start
+    ++pauses_;
+  }
+  RunVmm(params.resume_vm ? InstanceState::kRunning : InstanceState::kPaused);
+  return Ok();
 }
 
 Status VmController::Start() {
@@ -491,9 +514,14 @@ Status VmController::Start() {
   auto vmm = Vmm::Create(config_);
   if (!vmm) return Invalid("InstanceStart: " + vmm.error().message);
   vmm_ = std::move(*vmm);
+  RunVmm(InstanceState::kRunning);
+  return Ok();
+}
+
+void VmController::RunVmm(InstanceState initial) {
   {
     std::lock_guard guard(mutex_);
-    state_ = InstanceState::kRunning;
+    state_ = initial;
   }
   run_thread_ = std::thread([this] {
     Result<RunReport> report = vmm_->Run();
@@ -504,7 +532,6 @@ Status VmController::Start() {
     }
     stopped_.notify_all();
   });
-  return Ok();
 }
 
 Result<RunReport> VmController::WaitForStop() {

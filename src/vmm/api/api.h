@@ -51,10 +51,13 @@ class VmController {
  public:
   struct Options {
     std::string instance_id = "anonymous-instance";
-    // The seam for the snapshot code: while unset, /snapshot/create and /snapshot/load
-    // validate their bodies and state, then answer 400 "snapshots are not implemented yet".
+    // The snapshot seams, called after the body and the state rules were checked. Unset:
+    // Vmm::CreateSnapshot and Vmm::Restore (tests replace them to see the parameters).
     std::function<Status(Vmm&, const SnapshotCreateParams&)> create_snapshot;
-    std::function<Status(VmmConfig&, const SnapshotLoadParams&)> load_snapshot;
+    // Returns the restored, not yet running VM; the controller runs it (paused unless
+    // resume_vm).
+    std::function<Result<std::unique_ptr<Vmm>>(const VmmConfig&, const SnapshotLoadParams&)>
+        load_snapshot;
   };
 
   // defaults: what the command line set (serial output, kernel, lethe_dir, ...).
@@ -96,10 +99,14 @@ class VmController {
   Status PutSnapshotLoad(const nlohmann::json& json);
   Status RequireNotStarted() const;
   Status RequireStarted() const;
+  // Runs vmm_ on run_thread_ (InstanceStart, or a loaded snapshot).
+  void RunVmm(InstanceState initial);
 
   VmmConfig config_;
   Options options_;
   bool boot_source_set_ = false;
+  // A boot-source or machine-config PUT happened: a snapshot can no longer be loaded.
+  bool boot_configured_ = false;
   bool track_dirty_pages_ = false;
   UniqueFd metrics_fd_;
 

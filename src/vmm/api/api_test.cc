@@ -202,7 +202,7 @@ TEST_F(ApiTest, ActionsAndVmStateRulesBeforeStart) {
   ExpectFault(Put("/actions", R"({"action_type": "FlushMetrics"})"), "no metrics_path");
 }
 
-TEST_F(ApiTest, SnapshotBodiesAreValidatedThenRefusedUntilImplemented) {
+TEST_F(ApiTest, SnapshotBodiesAndStateRulesAreChecked) {
   ExpectFault(Put("/snapshot/create", R"({"snapshot_path": "/tmp/s"})"),
               "missing field `mem_file_path`");
   ExpectFault(Put("/snapshot/create", R"({"snapshot_path": "/tmp/s", "mem_file_path": "/tmp/m",
@@ -227,25 +227,39 @@ TEST_F(ApiTest, SnapshotBodiesAreValidatedThenRefusedUntilImplemented) {
   ExpectFault(Put("/snapshot/load", R"({"snapshot_path": "/tmp/s", "resume_vm": "yes",
               "mem_file_path": "/tmp/m"})"),
               "`resume_vm` must be a boolean");
-  ExpectFault(Put("/snapshot/load", R"({"snapshot_path": "/tmp/s", "mem_file_path": "/tmp/m",
-              "resume_vm": true})"),
-              "snapshots are not implemented yet");
+  ExpectFault(Put("/snapshot/load", R"({"snapshot_path": "/tmp/s",
+              "mem_backend": {"backend_type": "Uffd", "backend_path": "/tmp/m"}})"),
+              "`Uffd` is not supported");
+  // A missing state file is named; the controller is still unstarted afterwards.
+  const std::string missing = dir_ + "/no-such-snapshot";
+  ExpectFault(Put("/snapshot/load", R"({"snapshot_path": ")" + missing +
+                                        R"(", "mem_file_path": "/tmp/m", "resume_vm": true})"),
+              "no-such-snapshot");
+  EXPECT_EQ(controller_.state(), InstanceState::kNotStarted);
+  // After boot configuration a snapshot can no longer be loaded (Firecracker's rule).
+  ASSERT_EQ(Put("/machine-config", R"({"vcpu_count": 1, "mem_size_mib": 64})").status, 204);
+  ExpectFault(Put("/snapshot/load", R"({"snapshot_path": "/tmp/s", "mem_file_path": "/tmp/m"})"),
+              "not allowed after configuring boot-specific resources");
 }
 
 TEST_F(ApiTest, SnapshotLoadSeamReceivesTheValidatedParameters) {
   SnapshotLoadParams seen;
-  VmController controller(VmmConfig{.serial_fd = -1},
-                          {.load_snapshot = [&seen](VmmConfig&, const SnapshotLoadParams& params) {
-                            seen = params;
-                            return Ok();
-                          }});
+  VmController controller(
+      VmmConfig{.serial_fd = -1},
+      {.load_snapshot = [&seen](const VmmConfig&,
+                                const SnapshotLoadParams& params) -> Result<std::unique_ptr<Vmm>> {
+        seen = params;
+        return Fail(ErrorCode::kInvalidArgument, "seam says no");
+      }});
   HttpResponse response = controller.Handle("PUT", "/snapshot/load", R"({"snapshot_path": "/s",
-      "mem_backend": {"backend_type": "Uffd", "backend_path": "/m"}, "resume_vm": true})");
-  EXPECT_EQ(response.status, 204) << response.body;
+      "mem_backend": {"backend_type": "File", "backend_path": "/m"}, "resume_vm": true})");
+  EXPECT_EQ(response.status, 400) << response.body;
+  EXPECT_THAT(response.body, HasSubstr("snapshot/load: seam says no"));
   EXPECT_EQ(seen.snapshot_path, "/s");
-  EXPECT_EQ(seen.mem_backend_type, "Uffd");
+  EXPECT_EQ(seen.mem_backend_type, "File");
   EXPECT_EQ(seen.mem_backend_path, "/m");
   EXPECT_TRUE(seen.resume_vm);
+  EXPECT_EQ(controller.state(), InstanceState::kNotStarted);
 }
 
 TEST_F(ApiTest, ConfigFileSectionsAreCheckedLikeRequests) {

@@ -194,4 +194,54 @@ Status LetheDisk::WriteAt(uint64_t offset, std::span<const uint8_t> data) {
 
 Status LetheDisk::Flush() { return Ok(); }
 
+Status LetheDisk::SaveOverlay(int fd) const {
+  if (::ftruncate(fd, 0) < 0 || ::ftruncate(fd, static_cast<off_t>(size_)) < 0) {
+    return FailErrno("sizing the saved overlay");
+  }
+  std::vector<uint8_t> bytes;
+  const uint64_t blocks = (size_ + kBlockSize - 1) / kBlockSize;
+  for (uint64_t block = 0; block < blocks; ++block) {
+    if (!Written(block)) continue;
+    const uint64_t start = block * kBlockSize;
+    bytes.resize(std::min(kBlockSize, size_ - start));
+    TRY(PreadAll(overlay_fd_, start, bytes, "overlay"));
+    TRY(PwriteAll(fd, start, bytes, "saved overlay"));
+  }
+  return Ok();
+}
+
+Status LetheDisk::LoadOverlay(const LetheState& saved, int fd) {
+  if (saved.block_size != kBlockSize) {
+    return Fail(ErrorCode::kInvalidArgument, "overlay block size " +
+                                                 std::to_string(saved.block_size) + ", expected " +
+                                                 std::to_string(kBlockSize));
+  }
+  if (saved.written.size() != state_.written.size()) {
+    return Fail(ErrorCode::kInvalidArgument,
+                "overlay bitmap of " + std::to_string(saved.written.size()) +
+                    " words does not fit a disk of " + std::to_string(size_) + " bytes");
+  }
+  const uint64_t blocks = (size_ + kBlockSize - 1) / kBlockSize;
+  // Bits past the last block would make reads look past the disk's end.
+  if (blocks % 64 != 0 && !saved.written.empty() && (saved.written.back() >> (blocks % 64)) != 0) {
+    return Fail(ErrorCode::kInvalidArgument, "overlay bitmap marks blocks past the disk's end");
+  }
+  struct stat info {};
+  if (::fstat(fd, &info) < 0) return FailErrno("stat saved overlay");
+  if (static_cast<uint64_t>(info.st_size) != size_) {
+    return Fail(ErrorCode::kInvalidArgument, "saved overlay is " + std::to_string(info.st_size) +
+                                                 " bytes, the disk " + std::to_string(size_));
+  }
+  std::vector<uint8_t> bytes;
+  for (uint64_t block = 0; block < blocks; ++block) {
+    if (!((saved.written[block / 64] >> (block % 64)) & 1)) continue;
+    const uint64_t start = block * kBlockSize;
+    bytes.resize(std::min(kBlockSize, size_ - start));
+    TRY(PreadAll(fd, start, bytes, "saved overlay"));
+    TRY(PwriteAll(overlay_fd_, start, bytes, "overlay"));
+    MarkWritten(block);
+  }
+  return Ok();
+}
+
 }  // namespace tartarus::vmm::virtio

@@ -66,6 +66,12 @@ class LetheDisk : public Disk {
   Status Flush() override;  // nothing to make durable: the overlay dies with the VM
 
   const LetheState& state() const { return state_; }
+  // Snapshots. SaveOverlay writes the blocks the VM wrote to fd at their own offsets (fd is
+  // truncated to Size() first, so every other block is a hole). LoadOverlay, on a fresh disk,
+  // takes a saved bitmap (checked: this disk's block size and block count) and copies its
+  // blocks from fd into the overlay.
+  Status SaveOverlay(int fd) const;
+  Status LoadOverlay(const LetheState& saved, int fd);
   int overlay_fd() const { return overlay_fd_; }  // for tests and snapshots
 
  private:

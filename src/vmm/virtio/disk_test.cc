@@ -140,6 +140,54 @@ TEST_F(DiskTest, LetheReadsTheBaseUntilWrittenAndNeverWritesIt) {
   EXPECT_EQ(after.st_mtim.tv_nsec, before.st_mtim.tv_nsec);
 }
 
+// Snapshots: the VM's blocks saved to a file and loaded into a fresh disk over the same base.
+TEST_F(DiskTest, LetheOverlaySavesAndLoadsIntoAFreshDisk) {
+  const size_t size = 5 * LetheDisk::kBlockSize + 1000;
+  const std::string base = WriteFile("base.img", Pattern(size));
+  auto disk = LetheDisk::Create(base, overlay_dir_).value();
+  const std::vector<uint8_t> first(100, 0xaa), last(50, 0xbb);
+  ASSERT_TRUE(disk->WriteAt(10, first));
+  ASSERT_TRUE(disk->WriteAt(size - 50, last));  // the partial last block
+  std::vector<uint8_t> image(size);
+  ASSERT_TRUE(disk->ReadAt(0, image));
+
+  const std::string saved = dir_ + "/saved.overlay";
+  int fd = ::open(saved.c_str(), O_RDWR | O_CREAT | O_TRUNC, 0600);
+  ASSERT_GE(fd, 0);
+  ASSERT_TRUE(disk->SaveOverlay(fd));
+  struct stat info {};
+  ASSERT_EQ(::fstat(fd, &info), 0);
+  EXPECT_EQ(static_cast<size_t>(info.st_size), size);
+  const LetheState state = disk->state();
+
+  auto fresh = LetheDisk::Create(base, overlay_dir_).value();
+  ASSERT_TRUE(fresh->LoadOverlay(state, fd));
+  std::vector<uint8_t> out(size);
+  ASSERT_TRUE(fresh->ReadAt(0, out));
+  EXPECT_EQ(out, image);
+  EXPECT_EQ(fresh->state().written, state.written);
+  EXPECT_EQ(ReadFile(base), Pattern(size));
+
+  // A bitmap or file that does not fit this disk is refused.
+  LetheState bad = state;
+  bad.block_size = 512;
+  auto other = LetheDisk::Create(base, overlay_dir_).value();
+  EXPECT_FALSE(other->LoadOverlay(bad, fd));
+  bad = state;
+  bad.written.push_back(0);
+  EXPECT_FALSE(other->LoadOverlay(bad, fd));
+  bad = state;
+  bad.written[0] |= uint64_t{1} << 10;  // block 10 of a 6-block disk
+  auto past = other->LoadOverlay(bad, fd);
+  ASSERT_FALSE(past);
+  EXPECT_NE(past.error().message.find("past the disk's end"), std::string::npos);
+  ASSERT_EQ(::ftruncate(fd, 4096), 0);
+  auto short_file = other->LoadOverlay(state, fd);
+  ASSERT_FALSE(short_file);
+  EXPECT_NE(short_file.error().message.find("saved overlay is 4096 bytes"), std::string::npos);
+  ::close(fd);
+}
+
 TEST_F(DiskTest, LetheChecksBounds) {
   const std::string base = WriteFile("base.img", Pattern(8192));
   auto disk = LetheDisk::Create(base, overlay_dir_).value();

@@ -281,6 +281,59 @@ MmioTransportState MmioTransport::State() const {
   return state;
 }
 
+Status MmioTransport::Restore(const MmioTransportState& state) {
+  std::lock_guard lock(mutex_);
+  const std::string what = std::string(device_->Name()) + " transport state: ";
+  if (state.queues.size() != queues_.size()) {
+    return Fail(ErrorCode::kInvalidArgument, what + std::to_string(state.queues.size()) +
+                                                 " queues, the device has " +
+                                                 std::to_string(queues_.size()));
+  }
+  constexpr uint32_t kKnownStatus = kStatusAcknowledge | kStatusDriver | kStatusDriverOk |
+                                    kStatusFeaturesOk | kStatusNeedsReset | kStatusFailed;
+  if ((state.status & ~kKnownStatus) != 0) {
+    return Fail(ErrorCode::kInvalidArgument, what + "unknown status bits");
+  }
+  if (((state.status & kStatusDriver) && !(state.status & kStatusAcknowledge)) ||
+      ((state.status & kStatusFeaturesOk) && !(state.status & kStatusDriver)) ||
+      ((state.status & kStatusDriverOk) && !(state.status & kStatusFeaturesOk))) {
+    return Fail(ErrorCode::kInvalidArgument, what + "status bits out of order");
+  }
+  if ((state.driver_features & ~device_->Features()) != 0) {
+    return Fail(ErrorCode::kInvalidArgument, what + "driver features the device does not offer");
+  }
+  if ((state.interrupt_status & ~(kInterruptUsedBuffer | kInterruptConfigChange)) != 0) {
+    return Fail(ErrorCode::kInvalidArgument, what + "unknown interrupt status bits");
+  }
+  for (size_t i = 0; i < state.queues.size(); ++i) {
+    const VirtqueueState& queue = state.queues[i];
+    if (!queue.ready) continue;
+    if (!(state.status & kStatusFeaturesOk)) {
+      return Fail(ErrorCode::kInvalidArgument,
+                  what + "queue " + std::to_string(i) + " is ready before FEATURES_OK");
+    }
+    if (auto valid = Virtqueue(queue).Validate(memory_, device_->MaxQueueSize()); !valid) {
+      return Fail(valid.error().Context(what + "queue " + std::to_string(i)));
+    }
+  }
+  status_ = state.status;
+  device_features_sel_ = state.device_features_sel;
+  driver_features_sel_ = state.driver_features_sel;
+  driver_features_ = state.driver_features;
+  queue_sel_ = state.queue_sel;
+  interrupt_status_ = state.interrupt_status;
+  config_generation_ = state.config_generation;
+  for (size_t i = 0; i < queues_.size(); ++i) queues_[i] = Virtqueue(state.queues[i]);
+  error_.reset();
+  if (status_ & kStatusNeedsReset) {
+    error_ = Error{ErrorCode::kFailedPrecondition, "restored in DEVICE_NEEDS_RESET"};
+  }
+  // A new VM's line starts low: raise it if InterruptStatus says so.
+  irq_asserted_ = false;
+  UpdateIrqLocked();
+  return Ok();
+}
+
 std::optional<Error> MmioTransport::device_error() const {
   std::lock_guard lock(mutex_);
   return error_;

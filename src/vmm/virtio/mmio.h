@@ -113,6 +113,11 @@ class MmioTransport : public BusDevice {
   void SignalConfigChange();
 
   MmioTransportState State() const;
+  // Puts a freshly built transport into a saved state (snapshot restore). The state is
+  // outside input: the queue count must be the device's, status bits known and in order,
+  // features a subset of the device's, and every ready queue passes Validate against guest
+  // memory. The interrupt line is driven to match InterruptStatus.
+  Status Restore(const MmioTransportState& state);
   // Why the device is in DEVICE_NEEDS_RESET, if it is.
   std::optional<Error> device_error() const;
   VirtioDevice& device() { return *device_; }

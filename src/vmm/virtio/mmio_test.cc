@@ -157,6 +157,69 @@ TEST_F(MmioTest, NotificationUsesBuffersAndRaisesTheInterrupt) {
   EXPECT_TRUE(errors_.empty());
 }
 
+// Snapshots: a transport's State() put into a fresh transport carries on where it stopped.
+TEST_F(MmioTest, RestoreContinuesInANewTransportAndRefusesImpossibleStates) {
+  Initialize();
+  AddEntropyRequest();
+  Set(kRegQueueNotify, 0);
+  ASSERT_EQ(driver_.UsedIdx().value(), 1);
+  const MmioTransportState saved = transport_.State();
+  ASSERT_EQ(saved.interrupt_status, kInterruptUsedBuffer);
+
+  auto fresh = [this](FakeIrq* irq) {
+    return std::make_unique<MmioTransport>(std::make_unique<RngDevice>([](std::span<uint8_t> out) {
+                                             std::fill(out.begin(), out.end(), 0x42);
+                                             return Ok();
+                                           }),
+                                           memory_, irq);
+  };
+  FakeIrq restored_irq;
+  auto restored = fresh(&restored_irq);
+  ASSERT_TRUE(restored->Restore(saved));
+  EXPECT_TRUE(restored_irq.level);  // InterruptStatus was pending
+  const MmioTransportState again = restored->State();
+  EXPECT_EQ(again.status, saved.status);
+  EXPECT_EQ(again.driver_features, saved.driver_features);
+  EXPECT_EQ(again.queues[0].next_avail, 1);
+  EXPECT_EQ(again.queues[0].next_used, 1);
+  // The next request goes through the restored transport, into used-ring slot 1.
+  AddEntropyRequest();
+  uint32_t zero = 0;
+  restored->Write(kRegQueueNotify, std::span(reinterpret_cast<const uint8_t*>(&zero), 4));
+  EXPECT_EQ(driver_.UsedIdx().value(), 2);
+  EXPECT_EQ(driver_.Used(1)->len, 32u);
+
+  auto expect_refused = [&](MmioTransportState state, const std::string& why) {
+    FakeIrq irq;
+    auto target = fresh(&irq);
+    auto status = target->Restore(state);
+    ASSERT_FALSE(status) << why;
+    EXPECT_NE(status.error().message.find(why), std::string::npos) << status.error().message;
+    EXPECT_EQ(target->State().status, 0u);  // nothing was applied
+  };
+  MmioTransportState bad = saved;
+  bad.queues.push_back({});
+  expect_refused(bad, "2 queues, the device has 1");
+  bad = saved;
+  bad.status |= 0x10;
+  expect_refused(bad, "unknown status bits");
+  bad = saved;
+  bad.status = kStatusAcknowledge | kStatusDriver | kStatusDriverOk;
+  expect_refused(bad, "status bits out of order");
+  bad = saved;
+  bad.driver_features |= 1ULL << 40;
+  expect_refused(bad, "driver features the device does not offer");
+  bad = saved;
+  bad.interrupt_status = 4;
+  expect_refused(bad, "unknown interrupt status bits");
+  bad = saved;
+  bad.queues[0].desc_addr = 0x3fff0001;  // misaligned and outside memory
+  expect_refused(bad, "queue 0");
+  bad = saved;
+  bad.status = kStatusAcknowledge | kStatusDriver;
+  expect_refused(bad, "queue 0 is ready before FEATURES_OK");
+}
+
 TEST_F(MmioTest, HonoursNoInterruptAndIgnoresBadQueueIndexes) {
   Initialize();
   ASSERT_TRUE(driver_.SetAvailFlags(kAvailNoInterrupt));

@@ -197,7 +197,22 @@ Result<bool> VsockDevice::ProcessQueue(size_t index, Virtqueue& queue, GuestMemo
     return used;
   }
   // The event queue only carries TRANSPORT_RESET after a snapshot restore: keep its buffers.
-  return false;
+  if (!transport_reset_pending_) return false;
+  std::optional<DescriptorChain> chain = TRY(queue.Pop(memory));
+  if (!chain) return false;                     // sent once the driver offers an event buffer
+  const uint32_t event = kEventTransportReset;  // struct virtio_vsock_event: le32 id
+  uint8_t bytes[4];
+  std::memcpy(bytes, &event, sizeof(bytes));
+  BufferCursor out(memory, chain->writable);
+  TRY(out.Write(bytes));
+  TRY(queue.PushUsed(memory, chain->head, sizeof(bytes)));
+  transport_reset_pending_ = false;
+  return true;
+}
+
+void VsockDevice::RequestTransportReset() {
+  std::lock_guard lock(mutex_);
+  transport_reset_pending_ = true;
 }
 
 void VsockDevice::Reset() {

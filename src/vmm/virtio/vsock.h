@@ -106,6 +106,12 @@ class VsockDevice : public VirtioDevice {
   // Drops every connection (their host sockets are closed); the listener stays.
   void Reset() override;
 
+  // After a snapshot restore (as Firecracker): the connection table was not saved, so the
+  // guest is told with VIRTIO_VSOCK_EVENT_TRANSPORT_RESET on the event queue, sent with the
+  // next event-queue processing that finds a buffer (call NotifyFromHost(kEventQueue)).
+  void RequestTransportReset();
+  static constexpr uint32_t kEventTransportReset = 0;  // VIRTIO_VSOCK_EVENT_TRANSPORT_RESET
+
   // Starts the event thread. notify_rx is called (without device locks) when the guest has
   // packets to read: it should be MmioTransport::NotifyFromHost(kRxQueue).
   Status Start(std::function<void()> notify_rx);
@@ -167,6 +173,7 @@ class VsockDevice : public VirtioDevice {
   UniqueFd epoll_;
   UniqueFd kick_;  // eventfd: the tx path has packets for the guest (the event thread relays)
   UniqueFd stop_;  // eventfd: Stop() wakes the event thread
+  bool transport_reset_pending_ = false;  // under mutex_
 
   mutable std::mutex mutex_;
   std::map<uint64_t, std::unique_ptr<Connection>> connections_;  // by (local_port, peer_port)

@@ -490,5 +490,28 @@ TEST_F(VsockTest, ResetDropsConnections) {
   EXPECT_TRUE(SeesClose(client.Get()));
 }
 
+// After a snapshot restore the guest is told its connections are gone: one 4-byte
+// VIRTIO_VSOCK_EVENT_TRANSPORT_RESET in the first event buffer, sent once.
+TEST_F(VsockTest, TransportResetIsSentOnTheEventQueueOnce) {
+  Set(kRegQueueNotify, VsockDevice::kEventQueue);
+  EXPECT_EQ(event_->UsedIdx().value(), 0);  // nothing pending, buffers or not
+  device_->RequestTransportReset();
+  transport_->NotifyFromHost(VsockDevice::kEventQueue);
+  EXPECT_EQ(event_->UsedIdx().value(), 0);  // no buffer yet: stays pending
+  const uint64_t first = event_->Alloc(8, 0xee);
+  const uint64_t second = event_->Alloc(8, 0xee);
+  const Segment chain_one[] = {{first, 8, true}};
+  const Segment chain_two[] = {{second, 8, true}};
+  ASSERT_TRUE(event_->AddChain(chain_one));
+  ASSERT_TRUE(event_->AddChain(chain_two));
+  Set(kRegQueueNotify, VsockDevice::kEventQueue);
+  ASSERT_EQ(event_->UsedIdx().value(), 1);
+  EXPECT_EQ(event_->Used(0)->len, 4u);
+  EXPECT_EQ(event_->ReadBytes(first, 5).value(), (std::vector<uint8_t>{0, 0, 0, 0, 0xee}));
+  Set(kRegQueueNotify, VsockDevice::kEventQueue);
+  EXPECT_EQ(event_->UsedIdx().value(), 1);  // the second buffer is kept for the next one
+  EXPECT_TRUE(errors_.empty());
+}
+
 }  // namespace
 }  // namespace tartarus::vmm::virtio
