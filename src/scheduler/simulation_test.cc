@@ -531,8 +531,21 @@ class Simulation {
   void CheckReservations() {
     auto nodes = store_->ListNodes();
     Check(nodes, "ListNodes");
-    if (!nodes) return;
+    auto sums = store_->RecomputeReservations();
+    Check(sums, "RecomputeReservations");
+    if (!nodes || !sums) return;
     for (const NodeRow& node : *nodes) {
+      // The stored columns scheduling reads equal the sums over the node's active jobs.
+      store::NodeReservation want;
+      if (auto found = sums->find(node.id); found != sums->end()) want = found->second;
+      if (node.reserved_millicpus != want.millicpus ||
+          node.reserved_memory_bytes != want.memory_bytes || node.active_jobs != want.active_jobs) {
+        Violation("node " + node.id + " columns say " + std::to_string(node.reserved_millicpus) +
+                  "m/" + std::to_string(node.reserved_memory_bytes) + "/" +
+                  std::to_string(node.active_jobs) + " jobs, its jobs sum to " +
+                  std::to_string(want.millicpus) + "m/" + std::to_string(want.memory_bytes) + "/" +
+                  std::to_string(want.active_jobs));
+      }
       if (node.reserved_millicpus > node.millicpus ||
           node.reserved_memory_bytes > node.memory_bytes) {
         Violation("node " + node.id + " reserves " + std::to_string(node.reserved_millicpus) +

@@ -155,7 +155,8 @@ JobRow ParseJob(const Row& row, size_t at = 0) {
 std::string NodeColumns() {
   return Columns(
       "", {"id", "name", "address", "millicpus", "memory_bytes", "labels_json", "runtimes_json",
-           "templates_json", "state", "lease_ms", "registered_ms", "heartbeat_ms"});
+           "templates_json", "state", "lease_ms", "registered_ms", "heartbeat_ms",
+           "reserved_millicpus", "reserved_memory_bytes", "active_jobs"});
 }
 
 NodeRow ParseNode(const Row& row) {
@@ -172,6 +173,9 @@ NodeRow ParseNode(const Row& row) {
   n.lease_ms = row.Int(9);
   n.registered_ms = row.Int(10);
   n.heartbeat_ms = row.Int(11);
+  n.reserved_millicpus = row.Int(12);
+  n.reserved_memory_bytes = row.Int(13);
+  n.active_jobs = static_cast<int>(row.Int(14));
   return n;
 }
 
@@ -254,27 +258,44 @@ Result<std::pair<JobRow, SandboxRow>> LoadCurrent(Database& db, const std::strin
   return std::pair{std::move(job), std::move(sandbox)};
 }
 
-// Reservations of every node: the sums over its assigned and running jobs.
-Result<std::map<std::string, NodeRow>> LoadReservations(Database& db) {
-  auto rows = TRY(
-      db.Query("SELECT node_id, SUM(millicpus), SUM(memory_bytes), COUNT(*) FROM jobs "
-               "WHERE state IN ('assigned', 'running') AND node_id IS NOT NULL GROUP BY node_id"));
-  std::map<std::string, NodeRow> out;
-  for (const Row& row : rows) {
-    NodeRow& node = out[row.Text(0)];
-    node.reserved_millicpus = row.Int(1);
-    node.reserved_memory_bytes = row.Int(2);
-    node.active_jobs = static_cast<int>(row.Int(3));
-  }
-  return out;
+// The reservation columns of nodes (schema 3) hold the sums over each node's assigned and
+// running jobs. Every transaction that moves a job out of assigned/running calls this in the
+// same transaction (placement adds in AssignJob; a lost node is zeroed in ExpireLeases).
+// Lock order is job rows, then node rows, everywhere, so reports and heartbeats cannot
+// deadlock with each other.
+Status ReleaseReservation(Database& tx, const JobRow& job) {
+  if (job.node_id.empty() || (job.state != "assigned" && job.state != "running")) return Ok();
+  return tx.Exec(
+      "UPDATE nodes SET reserved_millicpus = reserved_millicpus - $2, "
+      "reserved_memory_bytes = reserved_memory_bytes - $3, active_jobs = active_jobs - 1 "
+      "WHERE id = $1",
+      {job.node_id, job.millicpus, job.memory_bytes});
 }
 
-void ApplyReservations(const std::map<std::string, NodeRow>& reservations, NodeRow& node) {
-  auto found = reservations.find(node.id);
-  if (found == reservations.end()) return;
-  node.reserved_millicpus = found->second.reserved_millicpus;
-  node.reserved_memory_bytes = found->second.reserved_memory_bytes;
-  node.active_jobs = found->second.active_jobs;
+// Hands a queued job to a node: job assigned, sandbox assigned, node reservation grown.
+// PostgreSQL does the three in one statement (one round trip on the hot path).
+Status AssignJob(Database& tx, const JobRow& job, const NodeRow& node, int64_t now_ms) {
+  constexpr std::string_view kJob =
+      "UPDATE jobs SET state = 'assigned', attempts = attempts + 1, node_id = $2, "
+      "lease_ms = $3, reason = '', updated_ms = $4 WHERE id = $1";
+  constexpr std::string_view kSandbox =
+      "UPDATE sandboxes SET state = 'assigned', node_id = $2, attempt = attempt + 1, "
+      "reason = '' WHERE id = $1";
+  constexpr std::string_view kNode =
+      "UPDATE nodes SET reserved_millicpus = reserved_millicpus + $5, "
+      "reserved_memory_bytes = reserved_memory_bytes + $6, active_jobs = active_jobs + 1 "
+      "WHERE id = $2";
+  std::vector<Value> params{job.id, node.id,       node.lease_ms,
+                            now_ms, job.millicpus, job.memory_bytes};
+  if (tx.dialect() == Dialect::kPostgres) {
+    // Data-modifying CTEs all run, exactly once, whether or not the outer query reads them.
+    return tx.Exec("WITH j AS (" + std::string(kJob) + " RETURNING id), s AS (" +
+                       std::string(kSandbox) + " RETURNING id) " + std::string(kNode),
+                   std::move(params));
+  }
+  TRY(tx.Exec(kJob, {job.id, node.id, node.lease_ms, now_ms}));
+  TRY(tx.Exec(kSandbox, {job.id, node.id}));
+  return tx.Exec(kNode, std::move(params));
 }
 
 std::string PageToken(const SandboxRow& row) {
@@ -487,30 +508,64 @@ Result<std::pair<SandboxRow, bool>> ControlStore::CreateSandbox(const SandboxRow
     return std::optional<SandboxRow>(ParseSandbox(rows[0]));
   };
 
+  // One parameter list for both inserts: $1..$10 the sandbox, $11..$21 its job ($1 is the
+  // job's id too), $22 the wake-up channel.
+  constexpr std::string_view kInsertSandbox =
+      "INSERT INTO sandboxes (id, tenant_id, template, runtime, state, spec_json, labels_json, "
+      "attempt, created_ms, idempotency_key, reason) "
+      "VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $10)";
+  constexpr std::string_view kInsertJob =
+      "INSERT INTO jobs (id, priority, state, attempts, max_attempts, available_ms, "
+      "deadline_ms, lease_ms, millicpus, memory_bytes, template, runtime, selector_json, "
+      "reason, last_error, created_ms, updated_ms) "
+      "VALUES ($1, $11, $12, 0, $13, $14, $15, 0, $16, $17, $18, $19, $20, $21, '', $8, $8)";
+  std::vector<Value> params{sandbox.id,
+                            sandbox.tenant_id,
+                            sandbox.template_name,
+                            sandbox.runtime,
+                            sandbox.state,
+                            sandbox.spec_json,
+                            MapToJson(sandbox.labels),
+                            sandbox.created_ms,
+                            NullableText(sandbox.idempotency_key),
+                            sandbox.reason,
+                            int64_t{job.priority},
+                            job.state,
+                            int64_t{job.max_attempts},
+                            job.available_ms,
+                            job.deadline_ms,
+                            job.millicpus,
+                            job.memory_bytes,
+                            job.template_name,
+                            job.runtime,
+                            MapToJson(job.selector),
+                            job.reason,
+                            std::string(kJobsChannel)};
+  bool postgres = db_->dialect() == Dialect::kPostgres;
+  // PostgreSQL: both inserts and the wake-up in one statement, which is its own transaction
+  // (one round trip instead of five; the notification goes out at its commit). The
+  // idempotency check needs a read first, so keyed creates take the transaction below.
+  const std::string insert_and_notify = "WITH s AS (" + std::string(kInsertSandbox) + "), j AS (" +
+                                        std::string(kInsertJob) + ") SELECT pg_notify($22, '')";
+
   std::optional<SandboxRow> existing;
-  auto status = db_->Transaction([&](Database& tx) -> Status {
-    existing.reset();
-    if (!sandbox.idempotency_key.empty()) {
-      existing = TRY(find_existing(tx));
-      if (existing) return Ok();
-    }
-    TRY(tx.Exec(
-        "INSERT INTO sandboxes (id, tenant_id, template, runtime, state, spec_json, labels_json, "
-        "attempt, created_ms, idempotency_key, reason) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $10)",
-        {sandbox.id, sandbox.tenant_id, sandbox.template_name, sandbox.runtime, sandbox.state,
-         sandbox.spec_json, MapToJson(sandbox.labels), sandbox.created_ms,
-         NullableText(sandbox.idempotency_key), sandbox.reason}));
-    TRY(tx.Exec(
-        "INSERT INTO jobs (id, priority, state, attempts, max_attempts, available_ms, "
-        "deadline_ms, lease_ms, millicpus, memory_bytes, template, runtime, selector_json, "
-        "reason, last_error, created_ms, updated_ms) "
-        "VALUES ($1, $2, $3, 0, $4, $5, $6, 0, $7, $8, $9, $10, $11, $12, '', $13, $13)",
-        {job.id, int64_t{job.priority}, job.state, int64_t{job.max_attempts}, job.available_ms,
-         job.deadline_ms, job.millicpus, job.memory_bytes, job.template_name, job.runtime,
-         MapToJson(job.selector), job.reason, job.created_ms}));
-    return Ok();
-  });
+  Status status = Ok();
+  if (postgres && sandbox.idempotency_key.empty()) {
+    status = db_->Exec(insert_and_notify, params);
+  } else {
+    status = db_->Transaction([&](Database& tx) -> Status {
+      existing.reset();
+      if (!sandbox.idempotency_key.empty()) {
+        existing = TRY(find_existing(tx));
+        if (existing) return Ok();
+      }
+      if (postgres) return tx.Exec(insert_and_notify, params);  // delivered at commit
+      // SQLite numbers placeholders by the highest one used, so the job keeps $1..$21 and
+      // the sandbox insert gets the list cut after $10.
+      TRY(tx.Exec(kInsertSandbox, std::vector<Value>(params.begin(), params.begin() + 10)));
+      return tx.Exec(kInsertJob, std::vector<Value>(params.begin(), params.begin() + 21));
+    });
+  }
   if (!status) {
     // Two replicas raced on one idempotency key (PostgreSQL): the loser returns the winner's.
     if (status.error().code == ErrorCode::kAlreadyExists && !sandbox.idempotency_key.empty()) {
@@ -520,7 +575,7 @@ Result<std::pair<SandboxRow, bool>> ControlStore::CreateSandbox(const SandboxRow
     return Fail(status.error().Context("creating sandbox"));
   }
   if (existing) return std::pair{std::move(*existing), false};
-  (void)db_->Notify(kJobsChannel);  // best effort: schedulers also poll
+  if (!postgres) (void)db_->Notify(kJobsChannel);  // best effort: schedulers also poll
   return std::pair{std::move(sandbox), true};
 }
 
@@ -619,7 +674,16 @@ Status ControlStore::DeleteSandbox(const std::string& id) {
       return Fail(ErrorCode::kFailedPrecondition,
                   "sandbox " + id + " is " + sandbox.state + ": kill it before removing it");
     }
-    TRY(tx.Exec("DELETE FROM jobs WHERE id = $1", {id}));
+    // A final sandbox's job no longer holds a reservation; release one anyway should a
+    // hand-edited row say otherwise, so the node's columns never keep a phantom.
+    auto deleted = TRY(tx.Query(
+        "DELETE FROM jobs WHERE id = $1 RETURNING state, node_id, millicpus, memory_bytes", {id}));
+    for (const Row& row : deleted) {
+      TRY(ReleaseReservation(tx, JobRow{.state = row.Text(0),
+                                        .node_id = row.Text(1),
+                                        .millicpus = row.Int(2),
+                                        .memory_bytes = row.Int(3)}));
+    }
     TRY(tx.Exec("DELETE FROM sandboxes WHERE id = $1", {id}));
     return Ok();
   });
@@ -641,16 +705,15 @@ Result<int> ControlStore::ScheduleBatch(int64_t now_ms, int limit, const PlaceFn
     if (job_rows.empty()) return Ok();
 
     // Locking the nodes serializes the placement step of concurrent schedulers, and the
-    // reservations read after the lock see every placement committed before it. Every node
-    // is passed, so a job that fits nowhere gets a reason naming cordoned and lost ones too.
+    // reservation columns read under the lock include every placement committed before it.
+    // Every node is passed, so a job that fits nowhere gets a reason naming cordoned and
+    // lost ones too.
     auto node_rows = TRY(tx.Query("SELECT " + NodeColumns() + " FROM nodes ORDER BY id" +
                                   (postgres ? " FOR UPDATE" : "")));
-    auto reservations = TRY(LoadReservations(tx));
     std::vector<NodeRow> nodes;
     for (const Row& row : node_rows) {
       NodeRow node = ParseNode(row);
       if (node.lease_ms <= now_ms) node.state = "lost";  // lapsed, not yet expired by Hades
-      ApplyReservations(reservations, node);
       nodes.push_back(std::move(node));
     }
 
@@ -669,14 +732,7 @@ Result<int> ControlStore::ScheduleBatch(int64_t now_ms, int limit, const PlaceFn
         node->reserved_millicpus += job.millicpus;
         node->reserved_memory_bytes += job.memory_bytes;
         node->active_jobs += 1;
-        TRY(
-            tx.Exec("UPDATE jobs SET state = 'assigned', attempts = attempts + 1, node_id = $2, "
-                    "lease_ms = $3, reason = '', updated_ms = $4 WHERE id = $1",
-                    {job.id, node->id, node->lease_ms, now_ms}));
-        TRY(
-            tx.Exec("UPDATE sandboxes SET state = 'assigned', node_id = $2, attempt = attempt + 1, "
-                    "reason = '' WHERE id = $1",
-                    {job.id, node->id}));
+        TRY(AssignJob(tx, job, *node, now_ms));
         ++assigned;
         continue;
       }
@@ -725,7 +781,13 @@ Result<NodeRow> ControlStore::RegisterNode(const NodeRow& node, int64_t now_ms,
     return Fail(ErrorCode::kInvalidArgument, "bad node state '" + node.state + "'");
   }
   auto status = db_->Transaction([&](Database& tx) -> Status {
-    // An existing node keeps cordoned/draining; lost comes back ready.
+    // Jobs still assigned here (a restart inside the lease) carry the new lease. Job rows
+    // before the node row: the lock order every transaction keeps.
+    TRY(tx.Exec(
+        "UPDATE jobs SET lease_ms = $2 WHERE node_id = $1 AND state IN ('assigned', 'running')",
+        {node.id, now_ms + lease_duration_ms}));
+    // An existing node keeps cordoned/draining; lost comes back ready. The reservation
+    // columns are not touched: they belong to the jobs still placed here.
     TRY(
         tx.Exec("INSERT INTO nodes (id, name, address, millicpus, memory_bytes, labels_json, "
                 "runtimes_json, templates_json, state, lease_ms, registered_ms, heartbeat_ms) "
@@ -740,10 +802,6 @@ Result<NodeRow> ControlStore::RegisterNode(const NodeRow& node, int64_t now_ms,
                 {node.id, node.name, node.address, node.millicpus, node.memory_bytes,
                  MapToJson(node.labels), ListToJson(node.runtimes), ListToJson(node.templates),
                  first_state, now_ms + lease_duration_ms, now_ms}));
-    // Jobs still assigned here (a restart inside the lease) carry the new lease.
-    TRY(tx.Exec(
-        "UPDATE jobs SET lease_ms = $2 WHERE node_id = $1 AND state IN ('assigned', 'running')",
-        {node.id, now_ms + lease_duration_ms}));
     return Ok();
   });
   if (!status) return Fail(status.error().Context("registering node " + node.id));
@@ -763,12 +821,13 @@ Result<HeartbeatReply> ControlStore::Heartbeat(const std::string& node_id,
                   "node " + node_id + " is lost (its lease lapsed): register again");
     }
     int64_t lease_ms = now_ms + lease_duration_ms;
-    TRY(tx.Exec(
-        "UPDATE nodes SET lease_ms = $2, heartbeat_ms = $3, templates_json = $4 WHERE id = $1",
-        {node_id, lease_ms, now_ms, ListToJson(templates)}));
+    // Job rows before the node row: the lock order every transaction keeps.
     TRY(tx.Exec(
         "UPDATE jobs SET lease_ms = $2 WHERE node_id = $1 AND state IN ('assigned', 'running')",
         {node_id, lease_ms}));
+    TRY(tx.Exec(
+        "UPDATE nodes SET lease_ms = $2, heartbeat_ms = $3, templates_json = $4 WHERE id = $1",
+        {node_id, lease_ms, now_ms, ListToJson(templates)}));
     auto assignments = TRY(tx.Query("SELECT " + SandboxColumns("s.") + ", " + JobColumns("j.") +
                                         " FROM jobs j JOIN sandboxes s ON s.id = j.id "
                                         "WHERE j.node_id = $1 AND j.state IN ('assigned', "
@@ -803,35 +862,30 @@ Status ControlStore::SetNodeState(const std::string& node_id, const std::string&
 }
 
 Result<std::vector<NodeRow>> ControlStore::ListNodes() {
+  auto rows = TRY(db_->Query("SELECT " + NodeColumns() + " FROM nodes ORDER BY id"));
   std::vector<NodeRow> out;
-  auto status = db_->Transaction([&](Database& tx) -> Status {
-    out.clear();
-    auto rows = TRY(tx.Query("SELECT " + NodeColumns() + " FROM nodes ORDER BY id"));
-    auto reservations = TRY(LoadReservations(tx));
-    for (const Row& row : rows) {
-      out.push_back(ParseNode(row));
-      ApplyReservations(reservations, out.back());
-    }
-    return Ok();
-  });
-  if (!status) return Fail(status.error());
+  for (const Row& row : rows) out.push_back(ParseNode(row));
   return out;
 }
 
 Result<NodeRow> ControlStore::GetNode(const std::string& id) {
   auto rows = TRY(db_->Query("SELECT " + NodeColumns() + " FROM nodes WHERE id = $1", {id}));
   if (rows.empty()) return Fail(ErrorCode::kNotFound, "no node '" + id + "'");
-  NodeRow node = ParseNode(rows[0]);
-  auto sums = TRY(db_->Query(
-      "SELECT COALESCE(SUM(millicpus), 0), COALESCE(SUM(memory_bytes), 0), COUNT(*) FROM jobs "
-      "WHERE node_id = $1 AND state IN ('assigned', 'running')",
-      {id}));
-  if (!sums.empty()) {
-    node.reserved_millicpus = sums[0].Int(0);
-    node.reserved_memory_bytes = sums[0].Int(1);
-    node.active_jobs = static_cast<int>(sums[0].Int(2));
+  return ParseNode(rows[0]);
+}
+
+Result<std::map<std::string, NodeReservation>> ControlStore::RecomputeReservations() {
+  auto rows =
+      TRY(db_->Query("SELECT node_id, SUM(millicpus), SUM(memory_bytes), COUNT(*) FROM jobs "
+                     "WHERE state IN ('assigned', 'running') AND node_id IS NOT NULL "
+                     "GROUP BY node_id"));
+  std::map<std::string, NodeReservation> out;
+  for (const Row& row : rows) {
+    out[row.Text(0)] = NodeReservation{.millicpus = row.Int(1),
+                                       .memory_bytes = row.Int(2),
+                                       .active_jobs = static_cast<int>(row.Int(3))};
   }
-  return node;
+  return out;
 }
 
 // ---------------------------------------------------------------- reports from nodes
@@ -864,6 +918,7 @@ Status ControlStore::ReportFinished(const std::string& sandbox_id, const std::st
       return Ok();
     }
     TRY(LoadCurrent(tx, sandbox_id, node_id, attempt, {"assigned", "running"}));
+    TRY(ReleaseReservation(tx, job));
     TRY(
         tx.Exec("UPDATE sandboxes SET state = $2, exit_code = $3, signal = $4, timed_out = $5, "
                 "error = $6, reason = '', finished_ms = $7 WHERE id = $1",
@@ -895,6 +950,7 @@ Status ControlStore::ReportRetryableFailure(const std::string& sandbox_id,
     auto [job, sandbox] =
         TRY(LoadCurrent(tx, sandbox_id, node_id, attempt, {"assigned", "running"}));
     requeued = false;
+    TRY(ReleaseReservation(tx, job));  // every branch below moves the job off the node
     std::string message = error.empty() ? "the runtime failed to start the sandbox" : error;
     if (sandbox.kill_requested) {
       // Nobody wants it any more: do not try again.
@@ -945,18 +1001,30 @@ Result<int> ControlStore::ExpireLeases(int64_t now_ms) {
     requeued = false;
     bool postgres = tx.dialect() == Dialect::kPostgres;
     auto nodes = TRY(tx.Query(
-        std::string("SELECT id FROM nodes WHERE state <> 'lost' AND lease_ms < $1 ORDER BY id") +
-            (postgres ? " FOR UPDATE" : ""),
-        {now_ms}));
+        "SELECT id FROM nodes WHERE state <> 'lost' AND lease_ms < $1 ORDER BY id", {now_ms}));
+    const std::string active_jobs = "SELECT " + JobColumns("j.") + ", " + SandboxColumns("s.") +
+                                    " FROM jobs j JOIN sandboxes s ON s.id = j.id WHERE "
+                                    "j.node_id = $1 AND j.state IN ('assigned', 'running') "
+                                    "ORDER BY j.id" +
+                                    (postgres ? " FOR UPDATE" : "");
     for (const Row& node_row : nodes) {
       std::string node_id = node_row.Text(0);
-      TRY(tx.Exec("UPDATE nodes SET state = 'lost' WHERE id = $1", {node_id}));
+      // Job rows before the node row (the lock order of reports and heartbeats), then the
+      // lease again under the node's lock: a heartbeat may have renewed it meanwhile.
+      if (postgres) TRY(tx.Query(active_jobs, {node_id}));
+      auto still_lapsed = TRY(tx.Query(
+          std::string("SELECT id FROM nodes WHERE id = $1 AND state <> 'lost' AND lease_ms < $2") +
+              (postgres ? " FOR UPDATE" : ""),
+          {node_id, now_ms}));
+      if (still_lapsed.empty()) continue;
+      // With the node locked no placement can add to it: every active job is handled below,
+      // so its reservations drop to zero.
+      TRY(
+          tx.Exec("UPDATE nodes SET state = 'lost', reserved_millicpus = 0, "
+                  "reserved_memory_bytes = 0, active_jobs = 0 WHERE id = $1",
+                  {node_id}));
       ++lost;
-      auto rows = TRY(tx.Query("SELECT " + JobColumns("j.") + ", " + SandboxColumns("s.") +
-                                   " FROM jobs j JOIN sandboxes s ON s.id = j.id WHERE "
-                                   "j.node_id = $1 AND j.state IN ('assigned', 'running') "
-                                   "ORDER BY j.id",
-                               {node_id}));
+      auto rows = TRY(tx.Query(active_jobs, {node_id}));
       for (const Row& row : rows) {
         JobRow job = ParseJob(row);
         SandboxRow sandbox = ParseSandbox(row, 18);

@@ -83,8 +83,15 @@ struct NodeRow {
   std::vector<std::string> runtimes, templates;
   std::string state;  // ready cordoned draining lost
   int64_t lease_ms = 0, registered_ms = 0, heartbeat_ms = 0;
-  // Computed on read: the sums over the node's assigned and running jobs.
+  // The sums over the node's assigned and running jobs, stored on the node row (schema 3)
+  // and kept in step by every transaction that places a job or takes one off a node.
   int64_t reserved_millicpus = 0, reserved_memory_bytes = 0;
+  int active_jobs = 0;
+};
+
+// What a node's reservation columns must hold, summed from its jobs.
+struct NodeReservation {
+  int64_t millicpus = 0, memory_bytes = 0;
   int active_jobs = 0;
 };
 
@@ -184,10 +191,11 @@ class ControlStore {
   Result<SandboxRow> RequestKill(const std::string& id, int64_t now_ms);
   Status DeleteSandbox(const std::string& id);  // kFailedPrecondition unless final
 
-  // Moirai's loop body: claims up to `limit` queued jobs with available_ms <= now (priority
-  // desc, then oldest; PostgreSQL: FOR UPDATE SKIP LOCKED, node rows FOR UPDATE so two
-  // schedulers never over-commit a node) and calls place() for each with all nodes and
-  // their reservations (including the ones made earlier in this batch).
+  // Moirai's loop body, one transaction: claims up to `limit` queued jobs with available_ms
+  // <= now (priority desc, then oldest; PostgreSQL: FOR UPDATE SKIP LOCKED, node rows FOR
+  // UPDATE so two schedulers never over-commit a node) and calls place() for each with all
+  // nodes and their reservations (one row per node, including the ones made earlier in this
+  // batch).
   //   placed:     job assigned (attempts+1, node_id, lease_ms = node lease), sandbox assigned
   //   not placed: reason saved on job and sandbox
   //   past deadline_ms: sandbox failed with the reason, job done, error row (kind scheduling)
@@ -205,6 +213,9 @@ class ControlStore {
   Status SetNodeState(const std::string& node_id, const std::string& state);
   Result<std::vector<NodeRow>> ListNodes();
   Result<NodeRow> GetNode(const std::string& id);
+  // The reservations summed from the assigned and running jobs, by node id (nodes with
+  // none are absent): O(active jobs), for checking the stored columns, not for scheduling.
+  Result<std::map<std::string, NodeReservation>> RecomputeReservations();
 
   // --- Reports from the node running a job. `attempt` is SandboxRow::attempt of the
   // assignment: it grows by one on every hand-out and never goes back (JobRow::attempts

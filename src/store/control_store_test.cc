@@ -7,6 +7,7 @@
 #include <atomic>
 #include <set>
 #include <thread>
+#include <tuple>
 
 #include "store/store_test_util.h"
 
@@ -395,6 +396,253 @@ TEST_P(ControlStoreTest, ConcurrentSchedulersNeverOvercommit) {
   ASSERT_TRUE(stats);
   EXPECT_EQ(stats->assigned, kNodes * 4);
   EXPECT_EQ(stats->queued, kJobs - kNodes * 4);
+}
+
+// The reservation columns on the node rows equal the sums over each node's assigned and
+// running jobs; `where` names the step for the failure message.
+void ExpectReservationsExact(ControlStore& store, const std::string& where) {
+  auto nodes = store.ListNodes();
+  auto sums = store.RecomputeReservations();
+  ASSERT_TRUE(nodes && sums) << where;
+  for (const NodeRow& node : *nodes) {
+    NodeReservation want;
+    if (auto found = sums->find(node.id); found != sums->end()) want = found->second;
+    EXPECT_EQ(node.reserved_millicpus, want.millicpus) << where << ": " << node.id;
+    EXPECT_EQ(node.reserved_memory_bytes, want.memory_bytes) << where << ": " << node.id;
+    EXPECT_EQ(node.active_jobs, want.active_jobs) << where << ": " << node.id;
+  }
+}
+
+// Every path that takes a job off a node releases its reservation: finish, kill, retry,
+// dead-letter (by retries and by node loss), node lost with a requeue, replay, delete.
+TEST_P(ControlStoreTest, ReservationColumnsFollowEveryStateChange) {
+  Register("node-a", 8000);
+  Register("node-b", 8000, kT0 + 5000);  // outlives node-a's lease
+  auto ready_first_fit = [](const JobRow& job, const std::vector<NodeRow>& nodes,
+                            std::string* reason) {
+    std::vector<NodeRow> ready;
+    for (const NodeRow& node : nodes) {
+      if (node.state == "ready") ready.push_back(node);
+    }
+    return FirstFit(job, ready, reason);
+  };
+  auto schedule = [&](int64_t now) {
+    auto assigned = store_->ScheduleBatch(now, 50, ready_first_fit);
+    EXPECT_TRUE(assigned) << assigned.error().message;
+    ExpectReservationsExact(*store_, "after scheduling at " + std::to_string(now));
+    return assigned ? *assigned : 0;
+  };
+  auto node_of = [&](const SandboxRow& s) { return store_->GetSandbox(s.id)->node_id; };
+  auto attempt_of = [&](const SandboxRow& s) { return store_->GetSandbox(s.id)->attempt; };
+
+  std::vector<SandboxRow> all;
+  // The last one may run once only: losing its node dead-letters it.
+  for (int i = 0; i < 8; ++i) all.push_back(Create(kT0 + i, 500 + 100 * i, "", {}, i == 7 ? 1 : 2));
+  EXPECT_EQ(schedule(kT0 + 10), 8);
+  auto nodes = store_->ListNodes();
+  ASSERT_TRUE(nodes);
+  int64_t placed_cpu = 0;
+  for (const NodeRow& node : *nodes) placed_cpu += node.reserved_millicpus;
+  EXPECT_EQ(placed_cpu, 8 * 500 + 100 * 28);  // the columns are not trivially zero
+
+  // Finished (exited), after a start.
+  ASSERT_TRUE(store_->ReportStarted(all[0].id, node_of(all[0]), 1, kT0 + 20));
+  SandboxRow exited;
+  exited.state = "exited";
+  exited.exit_code = 0;
+  ASSERT_TRUE(store_->ReportFinished(all[0].id, node_of(all[0]), 1, exited, kT0 + 21));
+  ExpectReservationsExact(*store_, "finish");
+  // Killed: requested, then reported killed by the node.
+  ASSERT_TRUE(store_->RequestKill(all[1].id, kT0 + 22));
+  ExpectReservationsExact(*store_, "kill requested");
+  SandboxRow killed;
+  killed.state = "killed";
+  ASSERT_TRUE(store_->ReportFinished(all[1].id, node_of(all[1]), 1, killed, kT0 + 23));
+  ExpectReservationsExact(*store_, "killed");
+  // Retried (back to the queue), then placed again, then dead-lettered by a second failure.
+  ASSERT_TRUE(store_->ReportRetryableFailure(all[2].id, node_of(all[2]), 1, "boom", kT0 + 24));
+  ExpectReservationsExact(*store_, "retry");
+  EXPECT_EQ(schedule(kT0 + 24 + 1000), 1);
+  ASSERT_TRUE(store_->ReportRetryableFailure(all[2].id, node_of(all[2]), 2, "boom", kT0 + 1030));
+  EXPECT_EQ(store_->GetJob(all[2].id)->state, "dead");
+  ExpectReservationsExact(*store_, "dead-lettered by retries");
+  // A retryable failure of a sandbox whose kill was requested ends it.
+  ASSERT_TRUE(store_->RequestKill(all[3].id, kT0 + 1031));
+  ASSERT_TRUE(store_->ReportRetryableFailure(all[3].id, node_of(all[3]), 1, "x", kT0 + 1032));
+  ExpectReservationsExact(*store_, "retry after kill");
+  // Replayed: queued again, then placed.
+  ASSERT_TRUE(store_->ReplayDeadJob(all[2].id, kT0 + 1040));
+  ExpectReservationsExact(*store_, "replay");
+  EXPECT_EQ(schedule(kT0 + 1041), 1);
+
+  // node-a is lost: its jobs are requeued, dead-lettered (no attempts left) or killed.
+  std::vector<SandboxRow> on_a;
+  for (const SandboxRow& s : all) {
+    auto row = store_->GetSandbox(s.id);
+    if (row->node_id == "node-a" && !IsFinalSandboxState(row->state)) on_a.push_back(s);
+  }
+  ASSERT_FALSE(on_a.empty());
+  ASSERT_TRUE(store_->RequestKill(on_a[0].id, kT0 + 1050));
+  ASSERT_TRUE(store_->Heartbeat("node-b", {}, kT0 + kLease, kLease));
+  EXPECT_EQ(*store_->ExpireLeases(kT0 + kLease + 1), 1);
+  EXPECT_EQ(store_->GetNode("node-a")->active_jobs, 0);
+  EXPECT_EQ(store_->GetNode("node-a")->reserved_millicpus, 0);
+  EXPECT_EQ(store_->GetJob(all[7].id)->state, "dead");
+  EXPECT_EQ(store_->GetSandbox(on_a[0].id)->state, "killed");
+  ExpectReservationsExact(*store_, "node lost");
+  // Requeued ones land on node-b; node-a comes back empty and takes new work.
+  int64_t now = kT0 + kLease + 2000;
+  ASSERT_TRUE(store_->Heartbeat("node-b", {}, now, kLease));
+  EXPECT_EQ(schedule(now), static_cast<int>(on_a.size()) - 2);
+  EXPECT_GT(store_->GetNode("node-b")->active_jobs, 0);
+  Register("node-a", 8000, now + 1);
+  ExpectReservationsExact(*store_, "node registered again");
+  SandboxRow late = Create(now + 2, 7000);
+  EXPECT_EQ(schedule(now + 3), 1);
+  EXPECT_EQ(node_of(late), "node-a");
+  EXPECT_EQ(attempt_of(late), 1);
+
+  // Everything finishes; the final ones are deleted: every node is back to zero.
+  all.push_back(late);
+  for (const SandboxRow& s : all) {
+    auto row = store_->GetSandbox(s.id);
+    ASSERT_TRUE(row);
+    if (row->state == "assigned" || row->state == "running") {
+      ASSERT_TRUE(store_->ReportFinished(s.id, row->node_id, row->attempt, exited, now + 10));
+    }
+  }
+  for (const SandboxRow& s : all) {
+    if (IsFinalSandboxState(store_->GetSandbox(s.id)->state)) {
+      ASSERT_TRUE(store_->DeleteSandbox(s.id));
+    }
+  }
+  ExpectReservationsExact(*store_, "all finished");
+  auto final_nodes = store_->ListNodes();
+  ASSERT_TRUE(final_nodes);
+  for (const NodeRow& node : *final_nodes) {
+    EXPECT_EQ(node.reserved_millicpus, 0) << node.id;
+    EXPECT_EQ(node.reserved_memory_bytes, 0) << node.id;
+    EXPECT_EQ(node.active_jobs, 0) << node.id;
+  }
+}
+
+// A store left at schema 2 with work placed on its nodes: migrating fills the new columns
+// with the sums of the jobs already there.
+TEST_P(ControlStoreTest, MigrationBackfillsReservations) {
+  std::string skip, error;
+  auto old_db = TestDatabase::Create(GetParam(), &skip, &error);
+  ASSERT_TRUE(old_db) << error;
+  auto db = OpenDatabase(old_db->url());
+  ASSERT_TRUE(db) << db.error().message;
+  ASSERT_TRUE(MigrateTo(**db, 2));
+  for (const char* node : {"n1", "n2", "n3"}) {
+    ASSERT_TRUE(
+        (*db)->Exec("INSERT INTO nodes (id, name, address, millicpus, memory_bytes, labels_json, "
+                    "runtimes_json, templates_json, state, lease_ms, registered_ms, heartbeat_ms) "
+                    "VALUES ($1, $1, '', 8000, 8000000000, '{}', '[]', '[]', 'ready', 0, 0, 0)",
+                    {std::string(node)}));
+  }
+  // (node, state, millicpus): only assigned and running count.
+  std::vector<std::tuple<std::string, std::string, int64_t>> jobs = {
+      {"n1", "assigned", 500}, {"n1", "running", 700}, {"n1", "done", 900},
+      {"n2", "running", 300},  {"n2", "dead", 400},    {"", "queued", 100}};
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    auto [node, state, cpu] = jobs[i];
+    std::string id = "sb_" + std::to_string(i);
+    ASSERT_TRUE((*db)->Exec(
+        "INSERT INTO sandboxes (id, tenant_id, template, runtime, state, spec_json, "
+        "labels_json, created_ms) VALUES ($1, 't', 'base', 'container', 'queued', '{}', '{}', 0)",
+        {id}));
+    ASSERT_TRUE((*db)->Exec(
+        "INSERT INTO jobs (id, state, node_id, millicpus, memory_bytes, template, runtime, "
+        "selector_json, created_ms, updated_ms) "
+        "VALUES ($1, $2, $3, $4, $5, 'base', 'container', '{}', 0, 0)",
+        {id, state, node.empty() ? Value(std::monostate{}) : Value(node), cpu, cpu * 1000}));
+  }
+  auto migrated = ControlStore::Open(old_db->url());
+  ASSERT_TRUE(migrated) << migrated.error().message;
+  auto versions = (*migrated)->db().Query("SELECT MAX(version) FROM schema_migrations");
+  ASSERT_TRUE(versions);
+  EXPECT_EQ((*versions)[0].Int(0), LatestSchemaVersion());
+  auto n1 = (*migrated)->GetNode("n1");
+  auto n2 = (*migrated)->GetNode("n2");
+  auto n3 = (*migrated)->GetNode("n3");
+  ASSERT_TRUE(n1 && n2 && n3);
+  EXPECT_EQ(n1->reserved_millicpus, 1200);
+  EXPECT_EQ(n1->reserved_memory_bytes, 1'200'000);
+  EXPECT_EQ(n1->active_jobs, 2);
+  EXPECT_EQ(n2->reserved_millicpus, 300);
+  EXPECT_EQ(n2->active_jobs, 1);
+  EXPECT_EQ(n3->reserved_millicpus, 0);
+  EXPECT_EQ(n3->active_jobs, 0);
+  ExpectReservationsExact(**migrated, "after migration");
+}
+
+// Schedulers on several replicas place while nodes report finishes and failures at the same
+// time: no node is over-committed, nothing deadlocks, and the columns stay exact.
+TEST_P(ControlStoreTest, ConcurrentPlacementsAndReportsKeepReservationsExact) {
+  constexpr int kNodes = 3, kJobs = 60;
+  for (int n = 0; n < kNodes; ++n) Register("node-" + std::to_string(n), 2000, kT0 + 1'000'000);
+  for (int i = 0; i < kJobs; ++i) Create(kT0 + i, 500, "", {}, 10);
+  auto schedulers = std::vector<std::unique_ptr<ControlStore>>();
+  for (int i = 0; i < 3; ++i) schedulers.push_back(OpenStore());
+  std::atomic<bool> done = false;
+  std::atomic<int> finished = 0;
+  std::vector<std::string> errors(schedulers.size() + 1);
+  std::vector<std::thread> threads;
+  for (size_t s = 0; s < schedulers.size(); ++s) {
+    threads.emplace_back([&, s] {
+      while (!done) {
+        auto assigned = schedulers[s]->ScheduleBatch(kT0 + 1000, 4, FirstFit);
+        if (!assigned) {
+          errors[s] = assigned.error().message;
+          return;
+        }
+        auto nodes = schedulers[s]->ListNodes();
+        for (const NodeRow& node : nodes ? *nodes : std::vector<NodeRow>{}) {
+          if (node.reserved_millicpus > node.millicpus) errors[s] = "over-committed " + node.id;
+        }
+        // Leave the reporter a turn at SQLite's single writer lock (slow under sanitizers).
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+    });
+  }
+  threads.emplace_back([&] {
+    auto reporter = OpenStore();
+    auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+    while (finished < kJobs && std::chrono::steady_clock::now() < give_up) {
+      for (int n = 0; n < kNodes; ++n) {
+        std::string node = "node-" + std::to_string(n);
+        auto reply = reporter->Heartbeat(node, {}, kT0 + 1000, 1'000'000);
+        if (!reply) {
+          errors.back() = reply.error().message;
+          return;
+        }
+        for (const Assignment& a : reply->assignments) {
+          // Every third one fails once and goes back to the queue.
+          Status status = a.sandbox.attempt == 1 && a.sandbox.id.back() % 3 == 0
+                              ? reporter->ReportRetryableFailure(a.sandbox.id, node,
+                                                                 a.sandbox.attempt, "x", kT0)
+                              : reporter->ReportFinished(a.sandbox.id, node, a.sandbox.attempt,
+                                                         SandboxRow{.state = "exited"}, kT0);
+          if (!status) {
+            errors.back() = status.error().message;
+            return;
+          }
+          if (a.sandbox.attempt != 1 || a.sandbox.id.back() % 3 != 0) ++finished;
+        }
+      }
+    }
+  });
+  threads.back().join();
+  done = true;
+  for (size_t t = 0; t + 1 < threads.size(); ++t) threads[t].join();
+  for (const std::string& error : errors) EXPECT_EQ(error, "");
+  EXPECT_EQ(finished, kJobs);
+  ExpectReservationsExact(*store_, "after the concurrent run");
+  auto final_nodes = store_->ListNodes();
+  ASSERT_TRUE(final_nodes);
+  for (const NodeRow& node : *final_nodes) EXPECT_EQ(node.active_jobs, 0) << node.id;
 }
 
 TEST_P(ControlStoreTest, HeartbeatReturnsAssignmentsAndKills) {

@@ -74,6 +74,9 @@ Result<std::shared_ptr<Database>> OpenDatabase(const std::string& url);
 // pg_advisory_lock; SQLite: BEGIN IMMEDIATE).
 Status Migrate(Database& db);
 
+// Migrate, stopping after `version`: tests build a store as an older release left it.
+Status MigrateTo(Database& db, int64_t version);
+
 // The newest schema version Migrate() applies.
 int64_t LatestSchemaVersion();
 

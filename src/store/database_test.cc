@@ -137,6 +137,44 @@ TEST_P(DatabaseTest, ErrorsMapToCodes) {
   EXPECT_NE(bad.error().message.find("nope"), std::string::npos) << bad.error().message;
 }
 
+// Statements are prepared once per connection and reused: the same text with NULL, number
+// and text parameters, failures inside and outside transactions (a failed prepare is not
+// cached), and reuse after a rollback all give the answers an unprepared run would.
+TEST_P(DatabaseTest, RepeatedStatementsWithVaryingParameterTypes) {
+  const std::string insert = "INSERT INTO kv (k, i, t) VALUES ($1, $2, $3)";
+  for (int round = 0; round < 20; ++round) {
+    Value i = round % 3 == 0 ? Value(std::monostate{}) : Value(int64_t{round});
+    Value t = round % 2 == 0 ? Value(std::monostate{}) : Value("t" + std::to_string(round));
+    ASSERT_TRUE(db_->Exec(insert, {"k" + std::to_string(round), i, t})) << round;
+  }
+  auto count = db_->Query("SELECT COUNT(*), COUNT(i), COUNT(t), SUM(i) FROM kv WHERE k <> $1",
+                          {std::string("")});
+  ASSERT_TRUE(count) << count.error().message;
+  EXPECT_EQ((*count)[0].Int(0), 20);
+  EXPECT_EQ((*count)[0].Int(1), 13);  // rounds not divisible by 3
+  EXPECT_EQ((*count)[0].Int(2), 10);  // odd rounds
+  auto dup = db_->Exec(insert, {std::string("k1"), int64_t{1}, std::string("x")});
+  ASSERT_FALSE(dup);
+  EXPECT_EQ(dup.error().code, ErrorCode::kAlreadyExists);
+  for (int round = 0; round < 3; ++round) {
+    auto bad = db_->Query("SELECT nope FROM kv WHERE k = $1", {std::string("k1")});
+    ASSERT_FALSE(bad);
+    EXPECT_NE(bad.error().message.find("nope"), std::string::npos) << bad.error().message;
+  }
+  auto rolled_back = db_->Transaction([&](Database& tx) -> Status {
+    TRY(tx.Exec(insert, {std::string("in-tx"), int64_t{7}, std::string("x")}));
+    return Fail(ErrorCode::kCancelled, "roll back");
+  });
+  ASSERT_FALSE(rolled_back);
+  ASSERT_TRUE(db_->Transaction([&](Database& tx) -> Status {
+    return tx.Exec(insert, {std::string("in-tx"), int64_t{8}, std::string("y")});
+  }));
+  auto row = db_->Query("SELECT i, t FROM kv WHERE k = $1", {std::string("in-tx")});
+  ASSERT_TRUE(row && row->size() == 1u);
+  EXPECT_EQ((*row)[0].Int(0), 8);
+  EXPECT_EQ((*row)[0].Text(1), "y");
+}
+
 TEST_P(DatabaseTest, TransactionCommitsOrRollsBack) {
   auto failed = db_->Transaction([](Database& tx) -> Status {
     TRY(tx.Exec("INSERT INTO kv (k) VALUES ('rolled-back')"));

@@ -13,6 +13,7 @@ namespace tartarus::store::internal {
 // clang-format off
 #define TARTARUS_LIBPQ_FUNCTIONS(X)                                                         \
   X(PQclear) X(PQconnectdb) X(PQconsumeInput) X(PQdb) X(PQerrorMessage) X(PQexecParams)    \
+  X(PQexecPrepared) X(PQprepare)                                                            \
   X(PQfinish) X(PQfreemem) X(PQftype) X(PQgetisnull) X(PQgetlength) X(PQgetvalue)           \
   X(PQhost) X(PQnfields) X(PQnotifies) X(PQntuples) X(PQport) X(PQresultErrorField)        \
   X(PQresultStatus) X(PQsetNoticeProcessor) X(PQsocket) X(PQstatus) X(PQtransactionStatus)

@@ -1,9 +1,12 @@
-// The store's PostgreSQL back end: libpq, a pool of PGconn, PQexecParams with text
-// parameters. Results are typed by column type. Errors carry the server's message and
-// SQLSTATE-derived ErrorCode; connection errors name the host, never the password.
-// LISTEN runs on one dedicated connection that WaitForNotification polls.
+// The store's PostgreSQL back end: libpq, a pool of PGconn, text parameters. Statements
+// are prepared once per connection (named by their text and parameter types), so the
+// server parses and plans each of the store's few dozen statements once, not per call. Results are
+// typed by column type. Errors carry the server's message and SQLSTATE-derived ErrorCode;
+// connection errors name the host, never the password. LISTEN runs on one dedicated connection that
+// WaitForNotification polls.
 #include <poll.h>
 
+#include <cctype>
 #include <charconv>
 #include <condition_variable>
 #include <cstdio>
@@ -12,6 +15,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "store/database.h"
@@ -23,6 +27,9 @@ namespace {
 
 constexpr int kMaxConnections = 8;
 constexpr int kTransactionAttempts = 8;
+// Statements built from filters (list views) vary; past this many per connection the rest
+// run unprepared rather than growing server memory without bound.
+constexpr size_t kMaxPreparedPerConnection = 256;
 
 // Type OIDs (src/include/catalog/pg_type.h).
 constexpr Oid kBoolOid = 16, kInt8Oid = 20, kInt2Oid = 21, kInt4Oid = 23, kTextOid = 25,
@@ -39,6 +46,26 @@ struct PgResultDeleter {
   void operator()(PGresult* result) const { Pq().PQclear(result); }
 };
 using PgResultPtr = std::unique_ptr<PGresult, PgResultDeleter>;
+
+// One pooled connection and the statements prepared on it: "text\x01types" -> name.
+// Prepared statements belong to the session, so they survive rollbacks.
+struct PgSession {
+  PgConnPtr conn;
+  std::unordered_map<std::string, std::string> prepared;
+};
+using PgSessionPtr = std::unique_ptr<PgSession>;
+
+// Only plain DML/queries are worth preparing (and preparable); BEGIN, LISTEN and DDL are not.
+bool Preparable(std::string_view sql) {
+  size_t start = sql.find_first_not_of(" \t\n\r(");
+  if (start == std::string_view::npos) return false;
+  std::string keyword;
+  for (size_t i = start; i < sql.size() && std::isalpha(static_cast<unsigned char>(sql[i])); ++i) {
+    keyword += static_cast<char>(std::toupper(static_cast<unsigned char>(sql[i])));
+  }
+  return keyword == "SELECT" || keyword == "INSERT" || keyword == "UPDATE" || keyword == "DELETE" ||
+         keyword == "WITH";
+}
 
 void IgnoreNotice(void*, const char*) {}
 
@@ -101,10 +128,41 @@ Value ConvertField(PGresult* result, int row, int column) {
   }
 }
 
+// Sends one statement: through the session's prepared statement for it (prepared on first
+// use) when `session` is given, otherwise unnamed. Returns the failed PREPARE's result when
+// preparing fails, so the caller maps its error like any other.
+PGresult* Send(PGconn* conn, PgSession* session, std::string_view sql,
+               const std::vector<Oid>& types, const std::vector<const char*>& values) {
+  int count = static_cast<int>(values.size());
+  if (session != nullptr && Preparable(sql)) {
+    std::string key(sql);
+    key += '\x01';
+    for (Oid type : types) key += std::to_string(type) + ",";
+    auto found = session->prepared.find(key);
+    if (found == session->prepared.end() && session->prepared.size() < kMaxPreparedPerConnection) {
+      std::string name = "tt_" + std::to_string(session->prepared.size());
+      std::string text(sql);
+      PGresult* prepared = Pq().PQprepare(conn, name.c_str(), text.c_str(), count, types.data());
+      if (prepared == nullptr || Pq().PQresultStatus(prepared) != PGRES_COMMAND_OK) {
+        return prepared;
+      }
+      Pq().PQclear(prepared);
+      found = session->prepared.emplace(std::move(key), std::move(name)).first;
+    }
+    if (found != session->prepared.end()) {
+      return Pq().PQexecPrepared(conn, found->second.c_str(), count, values.data(), nullptr,
+                                 nullptr, 0);
+    }
+  }
+  std::string statement(sql);
+  return Pq().PQexecParams(conn, statement.c_str(), count, types.data(), values.data(), nullptr,
+                           nullptr, 0);
+}
+
 // Runs one statement on `conn`. `retryable` is set for serialization failures and
 // deadlocks; `broken` when the connection itself is gone.
-Result<std::vector<Row>> Run(PGconn* conn, std::string_view sql, const std::vector<Value>& params,
-                             bool* retryable, bool* broken) {
+Result<std::vector<Row>> Run(PGconn* conn, PgSession* session, std::string_view sql,
+                             const std::vector<Value>& params, bool* retryable, bool* broken) {
   *retryable = false;
   *broken = false;
   std::vector<std::string> texts(params.size());
@@ -133,9 +191,7 @@ Result<std::vector<Row>> Run(PGconn* conn, std::string_view sql, const std::vect
     }
     values[i] = texts[i].c_str();
   }
-  std::string statement(sql);
-  PgResultPtr result(Pq().PQexecParams(conn, statement.c_str(), static_cast<int>(params.size()),
-                                       types.data(), values.data(), nullptr, nullptr, 0));
+  PgResultPtr result(Send(conn, session, sql, types, values));
   if (!result) {
     *broken = Pq().PQstatus(conn) != CONNECTION_OK;
     return Fail(ErrorCode::kFailedPrecondition, "lost connection to PostgreSQL at " + Where(conn) +
@@ -199,7 +255,7 @@ class PostgresDatabase;
 
 class PostgresBound final : public Database {
  public:
-  PostgresBound(PostgresDatabase& owner, PGconn* conn) : owner_(owner), conn_(conn) {}
+  PostgresBound(PostgresDatabase& owner, PgSession* session) : owner_(owner), session_(session) {}
 
   Dialect dialect() const override { return Dialect::kPostgres; }
   Status Exec(std::string_view sql, std::vector<Value> params) override {
@@ -208,7 +264,7 @@ class PostgresBound final : public Database {
   }
   Result<std::vector<Row>> Query(std::string_view sql, std::vector<Value> params) override {
     bool retryable = false, broken = false;
-    auto rows = Run(conn_, sql, params, &retryable, &broken);
+    auto rows = Run(session_->conn.get(), session_, sql, params, &retryable, &broken);
     saw_retryable_ = saw_retryable_ || retryable;
     saw_broken_ = saw_broken_ || broken;
     return rows;
@@ -225,7 +281,7 @@ class PostgresBound final : public Database {
 
  private:
   PostgresDatabase& owner_;
-  PGconn* conn_;
+  PgSession* session_;
   bool saw_retryable_ = false;
   bool saw_broken_ = false;
 };
@@ -236,7 +292,8 @@ class PostgresDatabase final : public Database {
 
   Status Init() {
     auto conn = TRY(Connect(conninfo_));
-    idle_.push_back(std::move(conn));
+    idle_.push_back(
+        std::make_unique<PgSession>(PgSession{.conn = std::move(conn), .prepared = {}}));
     ++open_;
     return Ok();
   }
@@ -251,7 +308,7 @@ class PostgresDatabase final : public Database {
   Result<std::vector<Row>> Query(std::string_view sql, std::vector<Value> params) override {
     auto conn = TRY(Acquire());
     bool retryable = false, broken = false;
-    auto rows = Run(conn.get(), sql, params, &retryable, &broken);
+    auto rows = Run(conn->conn.get(), conn.get(), sql, params, &retryable, &broken);
     Release(std::move(conn), broken);
     return rows;
   }
@@ -261,7 +318,7 @@ class PostgresDatabase final : public Database {
     for (int attempt = 1; attempt <= kTransactionAttempts; ++attempt) {
       auto conn = TRY(Acquire());
       bool retryable = false, broken = false;
-      auto begun = Run(conn.get(), "BEGIN", {}, &retryable, &broken);
+      auto begun = Run(conn->conn.get(), nullptr, "BEGIN", {}, &retryable, &broken);
       if (!begun) {
         Release(std::move(conn), broken);
         // A pooled connection the server dropped while idle: try a fresh one.
@@ -271,7 +328,7 @@ class PostgresDatabase final : public Database {
       PostgresBound bound(*this, conn.get());
       result = fn(bound);
       if (result) {
-        auto committed = Run(conn.get(), "COMMIT", {}, &retryable, &broken);
+        auto committed = Run(conn->conn.get(), nullptr, "COMMIT", {}, &retryable, &broken);
         if (committed) {
           Release(std::move(conn), false);
           return Ok();
@@ -279,7 +336,7 @@ class PostgresDatabase final : public Database {
         result = Fail(committed.error());
       } else {
         bool ignored_retryable = false, rollback_broken = false;
-        (void)Run(conn.get(), "ROLLBACK", {}, &ignored_retryable, &rollback_broken);
+        (void)Run(conn->conn.get(), nullptr, "ROLLBACK", {}, &ignored_retryable, &rollback_broken);
         broken = broken || rollback_broken;
       }
       Release(std::move(conn), broken || bound.saw_broken());
@@ -354,7 +411,8 @@ class PostgresDatabase final : public Database {
 
   bool ListenOn(const std::string& channel) {
     bool retryable = false, broken = false;
-    auto done = Run(listener_.get(), "LISTEN " + QuoteIdentifier(channel), {}, &retryable, &broken);
+    auto done = Run(listener_.get(), nullptr, "LISTEN " + QuoteIdentifier(channel), {}, &retryable,
+                    &broken);
     if (!done) {
       listener_.reset();
       return false;
@@ -362,13 +420,13 @@ class PostgresDatabase final : public Database {
     return true;
   }
 
-  Result<PgConnPtr> Acquire() {
+  Result<PgSessionPtr> Acquire() {
     std::unique_lock lock(pool_mutex_);
     while (true) {
       if (!idle_.empty()) {
-        PgConnPtr conn = std::move(idle_.back());
+        PgSessionPtr conn = std::move(idle_.back());
         idle_.pop_back();
-        if (Pq().PQstatus(conn.get()) == CONNECTION_OK) return conn;
+        if (Pq().PQstatus(conn->conn.get()) == CONNECTION_OK) return conn;
         --open_;  // dropped by the server while idle: replace it
         continue;
       }
@@ -380,18 +438,19 @@ class PostgresDatabase final : public Database {
           std::lock_guard relock(pool_mutex_);
           --open_;
           pool_cv_.notify_one();
+          return Fail(conn.error());
         }
-        return conn;
+        return std::make_unique<PgSession>(PgSession{.conn = std::move(*conn), .prepared = {}});
       }
       pool_cv_.wait(lock);
     }
   }
 
-  void Release(PgConnPtr conn, bool broken) {
+  void Release(PgSessionPtr conn, bool broken) {
     {
       std::lock_guard lock(pool_mutex_);
-      if (broken || Pq().PQstatus(conn.get()) != CONNECTION_OK ||
-          Pq().PQtransactionStatus(conn.get()) != PQTRANS_IDLE) {
+      if (broken || Pq().PQstatus(conn->conn.get()) != CONNECTION_OK ||
+          Pq().PQtransactionStatus(conn->conn.get()) != PQTRANS_IDLE) {
         --open_;
         conn.reset();
       } else {
@@ -404,7 +463,7 @@ class PostgresDatabase final : public Database {
   const std::string conninfo_;
   std::mutex pool_mutex_;
   std::condition_variable pool_cv_;
-  std::vector<PgConnPtr> idle_;
+  std::vector<PgSessionPtr> idle_;
   int open_ = 0;
 
   std::timed_mutex listen_mutex_;
