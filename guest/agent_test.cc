@@ -51,7 +51,9 @@ struct AgentProcess {
   }
 };
 
-std::unique_ptr<AgentProcess> StartAgent() {
+// The agent serves on its stdio, or with `on_fds` on fds 3 (in) and 4 (out), as runc
+// hands them over with --preserve-fds 2 (stdio then /dev/null).
+std::unique_ptr<AgentProcess> StartAgent(bool on_fds = false) {
   int to[2], from[2];
   EXPECT_EQ(pipe2(to, O_CLOEXEC), 0);
   EXPECT_EQ(pipe2(from, O_CLOEXEC), 0);
@@ -62,6 +64,10 @@ std::unique_ptr<AgentProcess> StartAgent() {
   SpawnOptions options;
   options.argv = {TARTARUS_AGENT_PATH, "--stdio"};
   options.fds = {{0, to_read.Get()}, {1, from_write.Get()}};
+  if (on_fds) {
+    options.argv = {TARTARUS_AGENT_PATH, "--fds", "3,4"};
+    options.fds = {{0, -1}, {1, -1}, {3, to_read.Get()}, {4, from_write.Get()}};
+  }
   options.die_with_parent = true;
   auto process = Spawn(options);
   EXPECT_TRUE(process) << process.error().message;
@@ -671,6 +677,106 @@ Result<std::unique_ptr<AgentClient>> ConnectToFake(std::function<void(int in, in
   auto client = AgentClient::Connect(UniqueFd(from[0]), UniqueFd(to[1]), {timeout});
   fake.join();
   return client;
+}
+
+TEST(ClientHandshakeTest, DeferredHandshakeReportsTheVersionToPendingRequests) {
+  std::unique_ptr<AgentClient> client;
+  int to[2], from[2];
+  ASSERT_EQ(pipe2(to, O_CLOEXEC), 0);
+  ASSERT_EQ(pipe2(from, O_CLOEXEC), 0);
+  auto connected = AgentClient::Connect(UniqueFd(from[0]), UniqueFd(to[1]),
+                                        {.handshake_timeout = 2s, .wait_for_ready = false});
+  ASSERT_TRUE(connected) << connected.error().message;
+  client = std::move(*connected);
+  std::thread fake([in = to[0], out = from[1]] {
+    (void)ReadFrame(in, 1000);  // Hello
+    (void)ReadFrame(in, 1000);  // the ExecStart sent before any answer
+    (void)WriteFrame(out, {0, Ready{2, "9.9"}});
+    close(in);
+    close(out);
+  });
+  auto exec = client->StartExec(Command({"true"}), nullptr);
+  fake.join();
+  ASSERT_FALSE(exec);
+  EXPECT_EQ(exec.error().message, "guest agent speaks protocol version 2, host speaks 1");
+  auto ready = client->WaitReady();
+  ASSERT_FALSE(ready);
+  EXPECT_EQ(ready.error().message, "guest agent speaks protocol version 2, host speaks 1");
+}
+
+TEST(ClientHandshakeTest, DeferredHandshakeTimesOut) {
+  int to[2], from[2];
+  ASSERT_EQ(pipe2(to, O_CLOEXEC), 0);
+  ASSERT_EQ(pipe2(from, O_CLOEXEC), 0);
+  UniqueFd silent_in(to[0]), silent_out(from[1]);  // the "agent" never answers
+  auto client = AgentClient::Connect(UniqueFd(from[0]), UniqueFd(to[1]),
+                                     {.handshake_timeout = 100ms, .wait_for_ready = false});
+  ASSERT_TRUE(client) << client.error().message;
+  auto ready = (*client)->WaitReady();
+  ASSERT_FALSE(ready);
+  EXPECT_EQ(ready.error().code, ErrorCode::kTimeout);
+  EXPECT_FALSE((*client)->Connected());
+}
+
+TEST(ClientHandshakeTest, DeferredHandshakeEof) {
+  int to[2], from[2];
+  ASSERT_EQ(pipe2(to, O_CLOEXEC), 0);
+  ASSERT_EQ(pipe2(from, O_CLOEXEC), 0);
+  UniqueFd agent_in(to[0]);
+  close(from[1]);  // the agent died before answering
+  auto client = AgentClient::Connect(UniqueFd(from[0]), UniqueFd(to[1]),
+                                     {.handshake_timeout = 2s, .wait_for_ready = false});
+  ASSERT_TRUE(client) << client.error().message;
+  auto ready = (*client)->WaitReady();
+  ASSERT_FALSE(ready);
+  EXPECT_EQ(ready.error().message, "guest agent closed the connection during handshake");
+}
+
+// The real agent answers an ExecStart that arrived together with Hello.
+TEST(PipelinedStartTest, ExecSentBeforeReadyRuns) {
+  auto agent = StartAgent();
+  auto client = AgentClient::Connect(std::move(agent->from_agent), std::move(agent->to_agent),
+                                     {.handshake_timeout = 5s, .wait_for_ready = false});
+  ASSERT_TRUE(client) << client.error().message;
+  std::string out;
+  auto exec = (*client)->StartExec(Shell("echo first"),
+                                   [&](Stream, std::string_view data) { out.append(data); });
+  ASSERT_TRUE(exec) << exec.error().message;
+  auto exit = (*exec)->Wait();
+  ASSERT_TRUE(exit) << exit.error().message;
+  EXPECT_EQ(exit->exit_code, 0);
+  EXPECT_EQ(out, "first\n");
+  ASSERT_TRUE((*client)->WaitReady());
+  EXPECT_EQ((*client)->protocol_version(), kProtocolVersion);
+  EXPECT_FALSE((*client)->agent_version().empty());
+}
+
+// --fds: the protocol on inherited fds 3 and 4, which the agent's commands must not inherit.
+TEST(FdsModeTest, ServesOnInheritedFdsAndDoesNotLeakThem) {
+  auto agent = StartAgent(/*on_fds=*/true);
+  auto client = AgentClient::Connect(std::move(agent->from_agent), std::move(agent->to_agent));
+  ASSERT_TRUE(client) << client.error().message;
+  std::string out;
+  auto exec = (*client)->StartExec(
+      Shell("for fd in 3 4; do [ -e /proc/self/fd/$fd ] && echo leaked $fd; done; echo done"),
+      [&](Stream, std::string_view data) { out.append(data); });
+  ASSERT_TRUE(exec) << exec.error().message;
+  auto exit = (*exec)->Wait();
+  ASSERT_TRUE(exit) << exit.error().message;
+  EXPECT_EQ(out, "done\n");
+}
+
+TEST(FdsModeTest, BadFdPairsAreRefused) {
+  for (std::string pair : {"1,4", "3,3", "3", "3,x", "40,41", ""}) {
+    SpawnOptions options;
+    options.argv = {TARTARUS_AGENT_PATH, "--fds", pair};
+    options.fds = {{0, -1}, {1, -1}, {2, -1}};
+    auto process = Spawn(options);
+    ASSERT_TRUE(process) << process.error().message;
+    auto status = process->Wait();
+    ASSERT_TRUE(status);
+    EXPECT_EQ(status->code, 2) << "--fds " << pair;
+  }
 }
 
 TEST(ClientHandshakeTest, NewerAgent) {

@@ -3,6 +3,9 @@
 // protocol codec.
 //
 //   tartarus-agent --stdio         serve the guest protocol on fd 0 (in) / fd 1 (out)
+//   tartarus-agent --fds IN,OUT    serve it on two inherited fds (`runc run --preserve-fds`)
+//   --seccomp (before the mode)    first install the sandbox's seccomp filter on itself, so
+//                                  that every command inherits it (common/seccomp_filter.h)
 //   tartarus-agent --listen PATH   serve it on a Unix socket, one connection at a time
 //
 // Diagnostics go to stderr.
@@ -22,6 +25,7 @@
 #include <string>
 #include <string_view>
 
+#include "common/seccomp_filter.h"
 #include "guest/agent.h"
 #include "guest/child.h"
 
@@ -93,6 +97,32 @@ int ServeStdio() {
   return ExitCodeFor(agent.Serve(STDIN_FILENO, STDOUT_FILENO));
 }
 
+// "3,4" -> {3, 4}: two distinct fds above stdio, both open.
+bool ParseFdPair(std::string_view text, int& in, int& out) {
+  size_t comma = text.find(',');
+  if (comma == std::string_view::npos) return false;
+  auto parse = [](std::string_view digits, int& fd) {
+    if (digits.empty() || digits.size() > 4) return false;
+    fd = 0;
+    for (char c : digits) {
+      if (c < '0' || c > '9') return false;
+      fd = fd * 10 + (c - '0');
+    }
+    return fd > 2;
+  };
+  return parse(text.substr(0, comma), in) && parse(text.substr(comma + 1), out) && in != out &&
+         fcntl(in, F_GETFD) >= 0 && fcntl(out, F_GETFD) >= 0;
+}
+
+// The OCI runtime hands these over without close-on-exec; the sandbox's commands must not
+// inherit the host's end of the protocol.
+int ServeFds(int in, int out) {
+  fcntl(in, F_SETFD, FD_CLOEXEC);
+  fcntl(out, F_SETFD, FD_CLOEXEC);
+  Agent agent(TARTARUS_VERSION);
+  return ExitCodeFor(agent.Serve(in, out));
+}
+
 int ServeSocket(const std::string& path) {
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
@@ -127,9 +157,18 @@ int ServeSocket(const std::string& path) {
 }
 
 int Main(int argc, char** argv) {
+  bool seccomp = argc >= 2 && std::string_view(argv[1]) == "--seccomp";
+  if (seccomp) {
+    --argc;
+    ++argv;
+  }
   std::string_view mode = argc >= 2 ? argv[1] : "";
-  if (mode != "--stdio" && !(mode == "--listen" && argc == 3)) {
-    std::fprintf(stderr, "usage: tartarus-agent --stdio | --listen PATH\n");
+  int fd_in = -1, fd_out = -1;
+  bool usage_ok = (mode == "--stdio" && argc == 2) || (mode == "--listen" && argc == 3) ||
+                  (mode == "--fds" && argc == 3 && ParseFdPair(argv[2], fd_in, fd_out));
+  if (!usage_ok) {
+    std::fprintf(stderr,
+                 "usage: tartarus-agent [--seccomp] --stdio | --fds IN,OUT | --listen PATH\n");
     return 2;
   }
   EnsureStdFds();
@@ -144,7 +183,16 @@ int Main(int argc, char** argv) {
   // Modes in FileWriteOpen and Mkdir are applied exactly.
   umask(0);
   MountBasics();
-  return mode == "--stdio" ? ServeStdio() : ServeSocket(argv[2]);
+  // Fail closed: a sandbox without its filter must not run anything.
+  if (seccomp) {
+    if (auto installed = InstallSandboxSeccompFilter(); !installed) {
+      Log(installed.error().message);
+      return 1;
+    }
+  }
+  if (mode == "--stdio") return ServeStdio();
+  if (mode == "--fds") return ServeFds(fd_in, fd_out);
+  return ServeSocket(argv[2]);
 }
 
 }  // namespace

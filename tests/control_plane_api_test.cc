@@ -3,9 +3,12 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <condition_variable>
+#include <mutex>
 #include <thread>
 
 #include "cluster_util.h"
+#include "http/client.h"
 #include "http/url.h"
 #include "test_util.h"
 
@@ -14,6 +17,97 @@ namespace {
 
 using nlohmann::json;
 using ::testing::HasSubstr;
+
+std::string DecodeBase64(const std::string& text) {
+  static const std::string kAlphabet =
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  uint32_t bits = 0;
+  int count = 0;
+  for (char c : text) {
+    if (c == '=') break;
+    size_t v = kAlphabet.find(c);
+    if (v == std::string::npos) return out + "<bad base64>";
+    bits = (bits << 6) | static_cast<uint32_t>(v);
+    count += 6;
+    if (count >= 8) {
+      count -= 8;
+      out.push_back(static_cast<char>((bits >> count) & 0xff));
+    }
+  }
+  return out;
+}
+
+// An exec with "stdin": true, read on a thread of its own: its exec id as soon as the first
+// event names it, and everything it printed once it ends.
+class StdinExec {
+ public:
+  StdinExec(const std::string& endpoint, const std::string& sandbox, const json& command) {
+    thread_ = std::thread([this, endpoint, sandbox, command] {
+      auto client = http::Client::Create(endpoint, {.request_timeout = std::chrono::minutes(2)});
+      if (!client) return Done();
+      std::string pending;
+      auto res = client->Stream("POST", "/v1/sandboxes/" + sandbox + "/exec",
+                                json{{"command", command}, {"stdin", true}}.dump(),
+                                [&](std::string_view chunk) {
+                                  pending.append(chunk);
+                                  size_t nl;
+                                  while ((nl = pending.find('\n')) != std::string::npos) {
+                                    json event = json::parse(pending.substr(0, nl), nullptr, false);
+                                    pending.erase(0, nl + 1);
+                                    std::lock_guard lock(mu_);
+                                    if (event.is_discarded()) continue;
+                                    events_.push_back(event);
+                                    if (event["event"] == "started")
+                                      exec_id_ = event.value("exec_id", "");
+                                    if (event["event"] == "stdout") {
+                                      out_ += event.contains("data_b64")
+                                                  ? DecodeBase64(event["data_b64"])
+                                                  : event.value("data", "");
+                                    }
+                                    changed_.notify_all();
+                                  }
+                                  return true;
+                                },
+                                {{"Content-Type", "application/json"}});
+      std::lock_guard lock(mu_);
+      status_ = res ? res->status : 0;
+      Done();
+    });
+  }
+  ~StdinExec() {
+    if (thread_.joinable()) thread_.join();
+  }
+  std::string WaitForId() {
+    std::unique_lock lock(mu_);
+    changed_.wait_for(lock, std::chrono::seconds(60), [&] { return !exec_id_.empty() || done_; });
+    return exec_id_;
+  }
+  std::string OutSoFar() {
+    std::lock_guard lock(mu_);
+    return out_;
+  }
+  // After the stream ended: what the command printed, and its end event.
+  std::string Out() {
+    thread_.join();
+    return out_;
+  }
+  json End() { return events_.empty() ? json() : events_.back(); }
+  int status() const { return status_; }
+
+ private:
+  void Done() {
+    done_ = true;
+    changed_.notify_all();
+  }
+  std::thread thread_;
+  std::mutex mu_;
+  std::condition_variable changed_;
+  std::vector<json> events_;
+  std::string exec_id_, out_;
+  int status_ = 0;
+  bool done_ = false;
+};
 
 class ApiTest : public ::testing::Test {
  protected:
@@ -63,6 +157,19 @@ class ApiTest : public ::testing::Test {
     EXPECT_EQ(res.json["error"].value("code", ""), code) << res.body;
     EXPECT_FALSE(res.request_id.empty());
     EXPECT_EQ(res.json["error"].value("request_id", ""), res.request_id);
+  }
+
+  // POST one stdin chunk; `exec` empty: the main command's stdin.
+  ApiResponse Stdin(Api& api, const std::string& id, const std::string& exec, uint64_t offset,
+                    const std::string& data, bool eof = false) {
+    std::string target = "/v1/sandboxes/" + id + (exec.empty() ? "" : "/execs/" + exec) +
+                         "/stdin?offset=" + std::to_string(offset) + (eof ? "&eof=true" : "");
+    return api.Call("POST", target, data, {{"Content-Type", "application/octet-stream"}});
+  }
+  void ExpectTaken(const ApiResponse& res, uint64_t offset) {
+    EXPECT_EQ(res.status, 200) << res.body;
+    EXPECT_EQ(CheckSchema(res.json, "StdinAccepted"), "") << res.body;
+    EXPECT_EQ(res.json.value("offset", uint64_t{0}), offset) << res.body;
   }
 
   static ScratchState* state_;
@@ -327,12 +434,113 @@ TEST_F(ApiTest, QueueViewsAndNodeCordon) {
   EXPECT_EQ(done.value("state", ""), "exited") << done.dump();
 }
 
+TEST_F(ApiTest, ExecStdinArrivesByteExactOnceAndInOrder) {
+  Api api = Admin();
+  auto res = api.Post("/v1/sandboxes", {{"command", {"sleep", "300"}}, {"timeout", "200s"}});
+  ASSERT_EQ(res.status, 201) << res.body;
+  std::string id = res.json["id"];
+  ASSERT_EQ(api.WaitForState(id, {"running"}).value("state", ""), "running");
+
+  // 5 MiB and a bit, every byte value, in chunks of exactly the 1 MiB bound.
+  std::string payload((5 << 20) + 12345, '\0');
+  uint32_t x = 12345;
+  for (auto& c : payload) {
+    x = x * 1103515245 + 12345;
+    c = static_cast<char>(x >> 24);
+  }
+  const size_t kChunk = 1 << 20;
+  StdinExec cat(Unix(), id, {"cat"});
+  std::string exec = cat.WaitForId();
+  ASSERT_EQ(exec.size(), 32u) << "the first event names the exec";
+  uint64_t offset = 0;
+  for (; offset < payload.size(); offset += kChunk) {
+    auto chunk = payload.substr(offset, kChunk);
+    ExpectTaken(Stdin(api, id, exec, offset, chunk), offset + chunk.size());
+    if (offset == 0) {
+      // A retried chunk (its answer was lost): taken once, the offset does not move.
+      ExpectTaken(Stdin(api, id, exec, 0, chunk), chunk.size());
+    }
+  }
+  offset = payload.size();
+  // A gap is refused, not filled with garbage.
+  ExpectError(Stdin(api, id, exec, offset + 10, "x"), 409, "offset_mismatch");
+  // Over the bound: 413 before anything reaches the node.
+  ExpectError(Stdin(api, id, exec, offset, std::string(kChunk + 1, 'x')), 413, "invalid_argument");
+  ExpectTaken(Stdin(api, id, exec, offset, "", /*eof=*/true), payload.size());
+  std::string out = cat.Out();
+  EXPECT_EQ(cat.status(), 200);
+  EXPECT_EQ(out.size(), payload.size());
+  EXPECT_TRUE(out == payload) << "the bytes differ";
+  EXPECT_EQ(cat.End().value("event", ""), "end") << cat.End().dump();
+  EXPECT_EQ(cat.End()["exit_code"], 0) << cat.End().dump();
+  // The exec has ended: a late chunk is a clear conflict, not a 404 or a hang.
+  ExpectError(Stdin(api, id, exec, payload.size(), "late"), 409, "stdin_closed");
+
+  // wc -c prints only at end of file, so its answer proves EOF arrived, and when.
+  StdinExec wc(Unix(), id, {"wc", "-c"});
+  exec = wc.WaitForId();
+  ASSERT_FALSE(exec.empty());
+  ExpectTaken(Stdin(api, id, exec, 0, "hello "), 6);
+  ExpectTaken(Stdin(api, id, exec, 6, "world\n"), 12);
+  ExpectTaken(Stdin(api, id, exec, 6, "world\n"), 12);  // duplicate: ignored
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(wc.OutSoFar(), "") << "wc saw end of file before the client sent it";
+  ExpectTaken(Stdin(api, id, exec, 12, "", /*eof=*/true), 12);
+  EXPECT_EQ(wc.Out(), "12\n");
+
+  // Another tenant cannot reach this sandbox's stdin: 404, as for everything else of it.
+  Api other(Tcp(), TokenFor("stdin-other"));
+  ExpectError(Stdin(other, id, "", 0, "x"), 404, "not_found");
+  ExpectError(Stdin(other, id, exec, 12, "x"), 404, "not_found");
+  // Unknown exec ids are 404 too.
+  ExpectError(Stdin(api, id, std::string(32, 'a'), 0, "x"), 404, "not_found");
+
+  EXPECT_EQ(api.Post("/v1/sandboxes/" + id + "/kill", json::object()).status, 200);
+  api.WaitForState(id, {"killed", "exited"});
+}
+
+TEST_F(ApiTest, MainCommandStdinWaitsForTheClientsEndOfFile) {
+  Api api = Admin();
+  auto res = api.Post(
+      "/v1/sandboxes",
+      {{"command", {"sh", "-c", "cat; echo eof-seen >&2"}}, {"stdin", true}, {"timeout", "120s"}});
+  ASSERT_EQ(res.status, 201) << res.body;
+  EXPECT_EQ(res.json.value("stdin", false), true) << res.body;
+  std::string id = res.json["id"];
+  ASSERT_EQ(api.WaitForState(id, {"running"}).value("state", ""), "running");
+  ExpectTaken(Stdin(api, id, "", 0, "abc"), 3);
+  ExpectTaken(Stdin(api, id, "", 0, "abc"), 3);   // a retry: taken once
+  ExpectTaken(Stdin(api, id, "", 1, "bcde"), 5);  // overlapping: only "de" is new
+  // The command does not see end of file until the client says so.
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  EXPECT_EQ(api.Call("GET", "/v1/sandboxes/" + id).json.value("state", ""), "running");
+  ExpectTaken(Stdin(api, id, "", 5, "f", /*eof=*/true), 6);
+  auto done = api.WaitForState(id, {"exited"});
+  EXPECT_EQ(done["exit_code"], 0) << done.dump();
+  int status = 0;
+  std::string out, err;
+  for (const auto& e : api.Events("GET", "/v1/sandboxes/" + id + "/logs", "", &status)) {
+    if (e["event"] == "stdout") out += e.value("data", "");
+    if (e["event"] == "stderr") err += e.value("data", "");
+  }
+  EXPECT_EQ(out, "abcdef");
+  EXPECT_EQ(err, "eof-seen\n");
+  ExpectError(Stdin(api, id, "", 6, "late"), 409, "stdin_closed");
+
+  // Without "stdin": true the command reads /dev/null, as before, and chunks are refused.
+  auto plain = api.Post("/v1/sandboxes?wait=true", {{"command", {"wc", "-c"}}});
+  ASSERT_EQ(plain.status, 200) << plain.body;
+  EXPECT_EQ(plain.json["exit_code"], 0);
+  ExpectError(Stdin(api, plain.json["id"], "", 0, "x"), 409, "stdin_closed");
+  ExpectError(api.Call("POST", "/v1/sandboxes/" + id + "/stdin", "x"), 400, "invalid_argument");
+}
+
 TEST_F(ApiTest, EveryDocumentedRouteIsServed) {
   // A documented route may answer 4xx for a dummy id, but never "no such route".
   Api api = Admin();
   for (const auto& [method, path] : DocumentedOperations()) {
     std::string target = path;
-    for (const char* param : {"{id}", "{name}"}) {
+    for (const char* param : {"{id}", "{name}", "{exec_id}"}) {
       if (auto pos = target.find(param); pos != std::string::npos)
         target.replace(pos, strlen(param), "x0");
     }

@@ -1,7 +1,7 @@
 // Olympus: forwards a request to a node agent's HTTP server and streams the node's answer
 // back to the API client, without holding a thread per stream (Boost.Asio, one io thread
-// for all forwards). Used for logs, exec and files, which live on the node running the
-// sandbox. Also hosts the timers that poll the store while a request waits (a queued
+// for all forwards). Used for logs, exec, files and stdin chunks, which live on the node
+// running the sandbox. Also hosts the timers that poll the store while a request waits (a queued
 // sandbox's logs, `wait=true` creates).
 #pragma once
 

@@ -48,6 +48,26 @@ bool Truthy(const std::map<std::string, std::string>& query, const std::string& 
   return it != query.end() && (it->second == "1" || it->second == "true" || it->second.empty());
 }
 
+// One stdin chunk per request at most (413 beyond): the node answers once it took it all.
+constexpr size_t kMaxStdinChunkBytes = 1 << 20;
+
+// ?offset=N of a stdin chunk: required, a byte offset.
+Result<int64_t> QueryOffset(const std::map<std::string, std::string>& query) {
+  auto it = query.find("offset");
+  if (it == query.end()) {
+    return Fail(ErrorCode::kInvalidArgument,
+                "offset: required, the byte offset of this chunk in the stdin stream");
+  }
+  const std::string& text = it->second;
+  if (text.empty() || text.size() > 15 ||
+      text.find_first_not_of("0123456789") != std::string::npos) {
+    return Fail(ErrorCode::kInvalidArgument,
+                fmt::format("offset: expected a byte offset (a non-negative integer), got '{}'",
+                            text.substr(0, 32)));
+  }
+  return static_cast<int64_t>(std::stoll(text));
+}
+
 Result<int> QueryInt(const std::map<std::string, std::string>& query, const std::string& key,
                      int lo, int hi, int fallback) {
   auto it = query.find(key);
@@ -266,6 +286,7 @@ struct Olympus::Impl {
     spec.disk_bytes = admission->disk_bytes;
     spec.timeout_ms = admission->timeout.count();
     spec.pids = request.pids;
+    spec.stdin = request.stdin;
     std::string runtime = !request.runtime.empty()      ? request.runtime
                           : !admission->runtime.empty() ? admission->runtime
                                                         : "container";
@@ -715,6 +736,41 @@ struct Olympus::Impl {
                 fmt::format("/v1/node/sandboxes/{}/exec?attempt={}", row->id, row->attempt),
                 ExecRequestToJson(*exec).dump(), r);
           });
+    // Stdin chunks (docs/control-plane.md, "Stdin through the API"): checked here, then
+    // forwarded to the node, whose answer comes once it took the chunk (backpressure).
+    auto stdin_chunk = [this](http::Request& req, const Caller& caller,
+                              std::shared_ptr<http::Responder> r) {
+      auto row = OwnSandbox(req.params["id"], caller);
+      if (!row) return r->Send(http::ErrorResponse(row.error(), req.request_id));
+      std::string exec_path;
+      if (auto exec = req.params.find("exec_id"); exec != req.params.end()) {
+        if (!IsValidExecId(exec->second)) {
+          return r->Send(http::JsonError(
+              404, "not_found",
+              fmt::format("no exec '{}' in sandbox {}", exec->second.substr(0, 64), row->id),
+              req.request_id));
+        }
+        exec_path = "/execs/" + exec->second;
+      }
+      auto offset = QueryOffset(req.query);
+      if (!offset) return r->Send(http::ErrorResponse(offset.error(), req.request_id));
+      if (store::IsFinalSandboxState(row->state)) {
+        return r->Send(http::JsonError(
+            409, "stdin_closed",
+            fmt::format("sandbox {} has {}: its stdin is closed", row->id, row->state),
+            req.request_id));
+      }
+      auto node = RunningOn(*row);
+      if (!node) return r->Send(http::ErrorResponse(node.error(), req.request_id));
+      proxy->Forward(node->address, "POST",
+                     fmt::format("/v1/node/sandboxes/{}{}/stdin?attempt={}&offset={}&eof={}",
+                                 row->id, exec_path, row->attempt, *offset,
+                                 Truthy(req.query, "eof") ? "true" : "false"),
+                     std::move(req.body), r);
+    };
+    Route("POST", "/v1/sandboxes/{id}/stdin", stdin_chunk, false, kMaxStdinChunkBytes);
+    Route("POST", "/v1/sandboxes/{id}/execs/{exec_id}/stdin", stdin_chunk, false,
+          kMaxStdinChunkBytes);
     auto files = [this](http::Request& req, const Caller& caller,
                         std::shared_ptr<http::Responder> r) {
       auto row = OwnSandbox(req.params["id"], caller);

@@ -52,6 +52,13 @@ Result<std::string> GetString(const json& doc, std::string_view field, size_t ma
   return s;
 }
 
+Result<bool> GetBool(const json& doc, std::string_view field) {
+  auto it = doc.find(field);
+  if (it == doc.end() || it->is_null()) return false;
+  if (!it->is_boolean()) return Fail(Invalid(field, "expected true or false"));
+  return it->get<bool>();
+}
+
 Result<std::vector<std::string>> GetStringList(const json& doc, std::string_view field,
                                                size_t* total_bytes) {
   std::vector<std::string> out;
@@ -187,6 +194,14 @@ bool IsValidSandboxId(std::string_view id) {
   return true;
 }
 
+bool IsValidExecId(std::string_view id) {
+  if (id.size() != 32) return false;
+  for (char c : id) {
+    if (!(isdigit(static_cast<unsigned char>(c)) || (c >= 'a' && c <= 'f'))) return false;
+  }
+  return true;
+}
+
 std::string NewSandboxId() {
   thread_local std::mt19937_64 rng{std::random_device{}()};
   return fmt::format("{:016x}", rng());
@@ -208,7 +223,8 @@ std::string RunSpecToJson(const RunSpec& spec) {
               {"memory_bytes", spec.memory_bytes},
               {"disk_bytes", spec.disk_bytes},
               {"timeout_ms", spec.timeout_ms},
-              {"pids", spec.pids}};
+              {"pids", spec.pids},
+              {"stdin", spec.stdin}};
   return doc.dump();
 }
 
@@ -228,14 +244,15 @@ Result<RunSpec> RunSpecFromJson(std::string_view text) {
   spec.disk_bytes = doc.value("disk_bytes", int64_t{0});
   spec.timeout_ms = doc.value("timeout_ms", int64_t{0});
   spec.pids = doc.value("pids", int64_t{0});
+  spec.stdin = doc.value("stdin", false);
   return spec;
 }
 
 Result<CreateRequest> ParseCreateRequest(std::string_view body) {
   json doc = TRY(ParseObject(body));
-  TRY(CheckKnownFields(
-      doc, {"template", "runtime", "command", "env", "workdir", "user", "cpus", "memory", "disk",
-            "timeout", "labels", "node_selector", "priority", "deadline", "max_attempts", "pids"}));
+  TRY(CheckKnownFields(doc, {"template", "runtime", "command", "env", "workdir", "user", "cpus",
+                             "memory", "disk", "timeout", "labels", "node_selector", "priority",
+                             "deadline", "max_attempts", "pids", "stdin"}));
   CreateRequest r;
   std::string template_name = TRY(GetString(doc, "template", 64));
   if (!template_name.empty()) r.template_name = template_name;
@@ -275,12 +292,13 @@ Result<CreateRequest> ParseCreateRequest(std::string_view body) {
   r.priority = TRY(GetInt(doc, "priority", -100, 100, 0));
   r.max_attempts = TRY(GetInt(doc, "max_attempts", 1, 10, 3));
   r.pids = TRY(GetInt(doc, "pids", 1, 1 << 20, 0));
+  r.stdin = TRY(GetBool(doc, "stdin"));
   return r;
 }
 
 Result<ExecRequest> ParseExecRequest(std::string_view body) {
   json doc = TRY(ParseObject(body));
-  TRY(CheckKnownFields(doc, {"command", "env", "workdir", "user", "timeout"}));
+  TRY(CheckKnownFields(doc, {"command", "env", "workdir", "user", "timeout", "stdin"}));
   ExecRequest r;
   size_t total = 0;
   r.command = TRY(GetStringList(doc, "command", &total));
@@ -293,12 +311,14 @@ Result<ExecRequest> ParseExecRequest(std::string_view body) {
   r.user = TRY(GetString(doc, "user", 64));
   auto timeout = TRY(GetQuantity(doc, "timeout", ParseMs));
   r.timeout_ms = timeout.value_or(0);
+  r.stdin = TRY(GetBool(doc, "stdin"));
   return r;
 }
 
 json ExecRequestToJson(const ExecRequest& r) {
   json doc = {{"command", r.command}, {"env", r.env}, {"workdir", r.workdir}, {"user", r.user}};
   if (r.timeout_ms > 0) doc["timeout"] = r.timeout_ms;
+  if (r.stdin) doc["stdin"] = true;
   return doc;
 }
 
@@ -327,6 +347,7 @@ json SandboxToJson(const store::SandboxRow& row, const std::string& tenant_name)
   doc["env"] = spec.env;
   doc["workdir"] = spec.workdir;
   doc["user"] = spec.user;
+  doc["stdin"] = spec.stdin;
   doc["limits"] = {{"millicpus", spec.millicpus},
                    {"memory_bytes", spec.memory_bytes},
                    {"disk_bytes", spec.disk_bytes},

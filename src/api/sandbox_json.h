@@ -20,7 +20,8 @@ struct RunSpec {
   std::vector<std::string> env;  // KEY=VALUE
   std::string workdir, user;
   int64_t millicpus = 0, memory_bytes = 0, disk_bytes = 0, timeout_ms = 0;
-  int64_t pids = 0;  // 0: the template's or the node's default
+  int64_t pids = 0;    // 0: the template's or the node's default
+  bool stdin = false;  // the command's stdin stays open for POST .../stdin (else /dev/null)
 };
 
 std::string RunSpecToJson(const RunSpec& spec);
@@ -38,6 +39,7 @@ struct CreateRequest {
   int64_t deadline_ms = 0;  // relative; 0: wait as long as it takes
   int max_attempts = 3;
   int64_t pids = 0;
+  bool stdin = false;
 };
 Result<CreateRequest> ParseCreateRequest(std::string_view body);
 
@@ -46,6 +48,7 @@ struct ExecRequest {
   std::vector<std::string> command, env;
   std::string workdir, user;
   int64_t timeout_ms = 0;
+  bool stdin = false;  // the stream starts with {"event":"started","exec_id":...}
 };
 Result<ExecRequest> ParseExecRequest(std::string_view body);
 nlohmann::json ExecRequestToJson(const ExecRequest& request);
@@ -62,5 +65,6 @@ std::string NewSandboxId();
 inline constexpr const char* kKnownRuntimes[] = {"container", "container-crun", "gvisor",
                                                  "microvm"};
 bool IsKnownRuntime(std::string_view runtime);
+bool IsValidExecId(std::string_view id);  // 32 lowercase hex digits (a node's exec id)
 
 }  // namespace tartarus::api

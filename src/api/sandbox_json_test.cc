@@ -89,6 +89,36 @@ TEST(ExecRequest, ParsesAndRoundTrips) {
   EXPECT_FALSE(ParseExecRequest(R"j({"command":[]})j").has_value());
 }
 
+TEST(Stdin, RequestedOnCreateAndExecAndKeptInTheSpec) {
+  auto create = ParseCreateRequest(R"j({"command":["cat"],"stdin":true})j");
+  ASSERT_TRUE(create.has_value()) << create.error().message;
+  EXPECT_TRUE(create->stdin);
+  EXPECT_FALSE(ParseCreateRequest(R"j({"command":["cat"]})j")->stdin) << "off by default";
+  auto bad = ParseCreateRequest(R"j({"command":["cat"],"stdin":"yes"})j");
+  ASSERT_FALSE(bad.has_value());
+  EXPECT_NE(bad.error().message.find("stdin"), std::string::npos) << bad.error().message;
+
+  auto exec = ParseExecRequest(R"j({"command":["cat"],"stdin":true})j");
+  ASSERT_TRUE(exec.has_value()) << exec.error().message;
+  EXPECT_TRUE(exec->stdin);
+  EXPECT_EQ(ExecRequestToJson(*exec).value("stdin", false), true) << "the node must see it";
+  EXPECT_FALSE(ParseExecRequest(R"j({"command":["cat"],"stdin":1})j").has_value());
+
+  RunSpec spec;
+  spec.command = {"cat"};
+  spec.stdin = true;
+  auto back = RunSpecFromJson(RunSpecToJson(spec));
+  ASSERT_TRUE(back.has_value());
+  EXPECT_TRUE(back->stdin);
+}
+
+TEST(Ids, ExecIdsAre32LowercaseHexDigits) {
+  EXPECT_TRUE(IsValidExecId(std::string(32, 'a')));
+  EXPECT_FALSE(IsValidExecId(std::string(31, 'a')));
+  EXPECT_FALSE(IsValidExecId(std::string(32, 'A')));
+  EXPECT_FALSE(IsValidExecId("../../v1/nodes/x/heartbeat000000"));
+}
+
 TEST(RunSpec, RoundTrips) {
   RunSpec spec{{"echo", "hi"}, {"A=1"}, "/w", "nobody", 500, 1 << 20, 1 << 30, 1000};
   auto back = RunSpecFromJson(RunSpecToJson(spec));

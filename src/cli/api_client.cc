@@ -452,6 +452,37 @@ Result<StreamEvent> ApiClient::Exec(const std::string& id, const json& request,
   return StreamEvents("POST", SandboxPath(id) + "/exec", request.dump(), on_event);
 }
 
+StdinAnswer ApiClient::SendStdin(const std::string& id, const std::string& exec_id, uint64_t offset,
+                                 std::string_view data, bool eof) {
+  std::string target = SandboxPath(id);
+  if (!exec_id.empty()) target += "/execs/" + http::UrlEncode(exec_id);
+  target += "/stdin?offset=" + std::to_string(offset) + (eof ? "&eof=true" : "");
+  StdinAnswer answer;
+  auto response = client_->Do("POST", target, std::string(data),
+                              {{"Content-Type", "application/octet-stream"}});
+  if (!response) {
+    answer.error = Transport(response.error());
+    return answer;
+  }
+  answer.status = response->status;
+  json parsed = json::parse(response->body, nullptr, /*allow_exceptions=*/false);
+  if (response->status == 200) {
+    if (parsed.is_object() && parsed.contains("offset") && parsed["offset"].is_number_unsigned()) {
+      answer.offset = parsed["offset"].get<uint64_t>();
+      return answer;
+    }
+    answer.status = 0;
+    answer.error = Error{ErrorCode::kProtocol, "stdin: the answer has no offset"};
+    return answer;
+  }
+  if (parsed.is_object() && parsed.contains("error") && parsed["error"].is_object() &&
+      parsed["error"].contains("code") && parsed["error"]["code"].is_string()) {
+    answer.code = parsed["error"]["code"].get<std::string>();
+  }
+  answer.error = ApiError(response->status, response->body, response->Header("X-Request-Id"));
+  return answer;
+}
+
 Result<std::string> ApiClient::ReadFile(const std::string& id, const std::string& path) {
   return Call("GET", SandboxPath(id) + "/files" + Query({{"path", path}}));
 }

@@ -118,6 +118,14 @@ Result<ApiNode> ParseNode(const nlohmann::json& json);
 Result<ApiToken> ParseToken(const nlohmann::json& json);
 Result<ApiPolicy> ParsePolicy(const nlohmann::json& json);
 
+// The answer to one stdin chunk (POST /v1/sandboxes/{id}[/execs/{exec}]/stdin).
+struct StdinAnswer {
+  int status = 0;       // the HTTP status; 0: no answer (error says why)
+  std::string code;     // the API's error code when not 200 ("stdin_closed", "stdin_busy", ...)
+  uint64_t offset = 0;  // on 200: the bytes the command's stdin has taken so far
+  Error error;          // when not 200
+};
+
 class ApiClient {
  public:
   static Result<ApiClient> Create(const Connection& connection);
@@ -140,6 +148,11 @@ class ApiClient {
   Result<StreamEvent> StreamLogs(const std::string& id, bool follow, const EventFn& on_event);
   Result<StreamEvent> Exec(const std::string& id, const nlohmann::json& request,
                            const EventFn& on_event);
+
+  // One chunk of stdin at `offset` for the main command (exec_id empty) or an exec; `eof`
+  // closes the stdin after it. A retry with the same offset is applied once.
+  StdinAnswer SendStdin(const std::string& id, const std::string& exec_id, uint64_t offset,
+                        std::string_view data, bool eof);
 
   Result<std::string> ReadFile(const std::string& id, const std::string& path);
   Status WriteFile(const std::string& id, const std::string& path, std::string_view data, int mode);

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -11,6 +12,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -22,6 +24,7 @@
 #include "cli/api_client.h"
 #include "cli/table.h"
 #include "common/file_util.h"
+#include "common/unique_fd.h"
 #include "common/units.h"
 
 namespace tartarus::cli {
@@ -71,24 +74,152 @@ std::string StateCell(const ApiSandbox& s) {
 // Streams output events to the caller's descriptors.
 ApiClient::EventFn WriteEventsTo(const ApiIo& io) {
   return [io](const StreamEvent& event) {
-    WriteAll(event.kind == StreamEvent::Kind::kStderr ? io.stderr_fd : io.stdout_fd, event.data);
+    if (event.kind == StreamEvent::Kind::kStdout) WriteAll(io.stdout_fd, event.data);
+    if (event.kind == StreamEvent::Kind::kStderr) WriteAll(io.stderr_fd, event.data);
     return true;
   };
 }
 
-// Refuses stdin that API mode would silently drop (it is not forwarded yet).
-Status CheckStdin(const ApiIo& io, bool interactive, const char* command) {
-  const std::string hint = std::string(": run it in local mode instead (`tartarus --local ") +
-                           command + " ...`, on this host)";
-  if (interactive) {
-    return Fail(ErrorCode::kInvalidArgument, "-i: API mode does not forward stdin yet" + hint);
-  }
-  if (StdinHasData(io.stdin_fd)) {
-    return Fail(ErrorCode::kInvalidArgument,
-                "stdin has data, but API mode does not forward stdin yet" + hint);
-  }
-  return Ok();
+// Whether `run`/`exec` send stdin, as local mode does: always with -i, else when it is a
+// pipe, file or socket. /dev/null and other devices are not worth a stream: without stdin
+// the command reads /dev/null anyway.
+bool ForwardsStdin(int fd, bool interactive) {
+  if (fd < 0) return false;
+  if (interactive) return true;
+  if (isatty(fd)) return false;
+  struct stat st;
+  if (fstat(fd, &st) != 0) return false;
+  return S_ISREG(st.st_mode) || S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode);
 }
+
+// Copies the CLI's stdin into a sandbox's command (POST .../stdin) on a thread of its own:
+// ordered chunks with their offset, one in flight, so the server's answer is the flow
+// control; a chunk whose answer was lost is sent again with the same offset and applied
+// once. End of file closes the command's stdin. Stop() ends it at any time (the command
+// ended): no thread is left blocked in read() or in a request.
+class StdinForwarder {
+ public:
+  // Bytes per chunk: large enough that tens of MB take few round trips, well under the
+  // API's 1 MiB bound.
+  static constexpr size_t kChunkBytes = 512 << 10;
+
+  StdinForwarder(Connection connection, std::string sandbox, std::string exec_id, int fd, ApiIo io)
+      : connection_(std::move(connection)),
+        sandbox_(std::move(sandbox)),
+        exec_id_(std::move(exec_id)),
+        io_(io),
+        stop_(eventfd(0, EFD_CLOEXEC)) {
+    thread_ = std::thread([this, fd] { Loop(fd); });
+  }
+  ~StdinForwarder() { Stop(); }
+
+  void Stop() {
+    {
+      std::lock_guard lock(mutex_);
+      stopped_ = true;
+      if (client_) client_->Cancel();
+    }
+    uint64_t one = 1;
+    (void)!write(stop_.Get(), &one, sizeof one);
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  bool Stopped() {
+    std::lock_guard lock(mutex_);
+    return stopped_;
+  }
+
+  void Loop(int fd) {
+    auto client = ApiClient::Create(connection_);
+    if (!client) return (void)ReportTo(io_, client.error().Context("forwarding stdin"));
+    {
+      std::lock_guard lock(mutex_);
+      if (stopped_) return;
+      client_ = &*client;
+    }
+    struct Forget {
+      StdinForwarder& self;
+      ~Forget() {
+        std::lock_guard lock(self.mutex_);
+        self.client_ = nullptr;
+      }
+    } forget{*this};
+    std::string chunk;
+    uint64_t offset = 0;
+    while (true) {
+      chunk.clear();
+      bool eof = false;
+      if (!Read(fd, chunk, eof)) return;
+      if (!Deliver(*client, offset, chunk, eof)) return;
+      offset += chunk.size();
+      if (eof) return;
+    }
+  }
+
+  // Waits for input, then takes what is there (up to a chunk) without waiting for more, so
+  // that typed lines go out at once. False: stopped, or stdin failed.
+  bool Read(int fd, std::string& chunk, bool& eof) {
+    chunk.resize(kChunkBytes);
+    size_t have = 0;
+    while (have < kChunkBytes) {
+      pollfd fds[2] = {{fd, POLLIN, 0}, {stop_.Get(), POLLIN, 0}};
+      int ready = poll(fds, 2, have == 0 ? -1 : 0);
+      if (ready < 0 && errno == EINTR) continue;
+      if (ready < 0) return false;
+      if (fds[1].revents) return false;
+      if (ready == 0) break;  // nothing more right now: send what we have
+      ssize_t n = read(fd, chunk.data() + have, kChunkBytes - have);
+      if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+      if (n < 0) {
+        Say(io_, std::string("tartarus: reading stdin: ") + strerror(errno));
+        eof = true;  // the command sees end of file rather than waiting forever
+        break;
+      }
+      if (n == 0) {
+        eof = true;
+        break;
+      }
+      have += static_cast<size_t>(n);
+    }
+    chunk.resize(have);
+    return true;
+  }
+
+  // Sends one chunk until the server took it. False: stop forwarding (the command's stdin
+  // is closed, we were stopped, or an error that a retry cannot fix, which is reported).
+  bool Deliver(ApiClient& client, uint64_t offset, std::string_view chunk, bool eof) {
+    auto delay = std::chrono::milliseconds(50);
+    for (int attempt = 0; attempt < 600; ++attempt) {
+      if (Stopped()) return false;
+      StdinAnswer answer = client.SendStdin(sandbox_, exec_id_, offset, chunk, eof);
+      if (answer.status == 200) return true;
+      if (answer.code == "stdin_closed") return false;  // the command ended: nothing to do
+      if (answer.error.code == ErrorCode::kCancelled) return false;
+      // Worth another try: no answer (network, timeout), a node in between unreachable, the
+      // previous try of this chunk still being written, a sandbox that is about to run.
+      bool retry = answer.status == 0 || answer.status == 502 || answer.status == 503 ||
+                   answer.code == "stdin_busy" || answer.code == "failed_precondition";
+      if (!retry) {
+        ReportTo(io_, answer.error.Context("forwarding stdin"));
+        return false;
+      }
+      std::this_thread::sleep_for(delay);
+      delay = std::min(delay * 2, std::chrono::milliseconds(1000));
+    }
+    ReportTo(io_, Error{ErrorCode::kTimeout, "forwarding stdin: giving up after many retries"});
+    return false;
+  }
+
+  Connection connection_;
+  std::string sandbox_, exec_id_;
+  ApiIo io_;
+  UniqueFd stop_;
+  std::mutex mutex_;
+  bool stopped_ = false;
+  ApiClient* client_ = nullptr;  // the request in flight, cancelled by Stop()
+  std::thread thread_;
+};
 
 // What Ctrl-C does during `run`: the first signal kills the sandbox (and we keep waiting
 // for its end event, so the exit code is still right); the second stops waiting.
@@ -385,9 +516,9 @@ int ApiRun(const Connection& connection, const RunFlags& flags, const ApiIo& io)
                               "--rm with --detach is not supported in API mode yet: remove the "
                               "sandbox with `tartarus rm ID` when it has ended"});
   }
-  if (auto stdin_ok = CheckStdin(io, flags.interactive, "run"); !stdin_ok) {
-    return ReportTo(io, stdin_ok.error());
-  }
+  // A detached run has nobody to read stdin from: its command reads /dev/null.
+  const bool with_stdin = !flags.detach && ForwardsStdin(io.stdin_fd, flags.interactive);
+  if (with_stdin) (*spec)["stdin"] = true;
   auto interrupt = std::make_shared<RunInterrupt>();
   interrupt->connection = connection;
   interrupt->io = io;
@@ -426,7 +557,10 @@ int ApiRun(const Connection& connection, const RunFlags& flags, const ApiIo& io)
     if (interrupt->GaveUp()) return gave_up();
     return ReportTo(io, placed.error().Context("waiting for sandbox " + id));
   }
+  std::optional<StdinForwarder> forwarder;
+  if (with_stdin) forwarder.emplace(connection, id, "", io.stdin_fd, io);
   auto end = FollowLogs(*client, id, interrupt.get(), io);
+  if (forwarder) forwarder->Stop();  // the command ended: its stdin is closed anyway
   if (!end) {
     if (interrupt->GaveUp()) return gave_up();
     // The output stream broke (network, server restart): say how to see the rest.
@@ -507,10 +641,9 @@ int ApiLogs(const Connection& connection, const std::string& id, bool follow, co
 }
 
 int ApiExec(const Connection& connection, const ApiExecArgs& args, const ApiIo& io) {
-  if (auto stdin_ok = CheckStdin(io, args.interactive, "exec"); !stdin_ok) {
-    return ReportTo(io, stdin_ok.error());
-  }
   json request = {{"command", args.command}};
+  const bool with_stdin = ForwardsStdin(io.stdin_fd, args.interactive);
+  if (with_stdin) request["stdin"] = true;
   auto env = ParseEnv(args.env);
   if (!env) return ReportTo(io, env.error());
   if (!env->empty()) request["env"] = *env;
@@ -525,7 +658,16 @@ int ApiExec(const Connection& connection, const ApiExecArgs& args, const ApiIo& 
   auto client = ApiClient::Create(connection);
   if (!client) return ReportTo(io, client.error());
   // Ctrl-C ends this process; the server kills an exec whose client went away.
-  auto end = client->Exec(args.id, request, WriteEventsTo(io));
+  std::optional<StdinForwarder> forwarder;
+  auto write_output = WriteEventsTo(io);
+  auto end = client->Exec(args.id, request, [&](const StreamEvent& event) {
+    // The first event names the exec: from then on its stdin can be sent.
+    if (event.kind == StreamEvent::Kind::kStarted && with_stdin && !forwarder) {
+      forwarder.emplace(connection, args.id, event.exec_id, io.stdin_fd, io);
+    }
+    return write_output(event);
+  });
+  if (forwarder) forwarder->Stop();
   if (!end) return ReportTo(io, end.error());
   if (!end->error.empty()) Say(io, "tartarus: " + end->error);
   if (end->exit_code) return *end->exit_code;

@@ -7,16 +7,20 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
+#include <thread>
 
 #include "cli/api_client.h"
 #include "cli/api_commands.h"
 #include "http/server.h"
+#include "node/node_agent.h"
 
 namespace tartarus::cli {
 namespace {
@@ -113,30 +117,77 @@ class FakeOlympusTest : public ::testing::Test {
       bool placed = Clock::now() - created_at_ >= queued_for_;
       SendJson(responder, 200, SandboxJson(placed ? "running" : "queued"));
     });
-    server_->Route("GET", "/v1/sandboxes/{id}/logs", [this](Request& request, auto responder) {
+    http::RouteOptions blocking;
+    blocking.blocking = true;  // these may wait for stdin, which other requests bring
+    server_->Route(
+        "GET", "/v1/sandboxes/{id}/logs",
+        [this](Request& request, auto responder) {
+          std::unique_lock lock(mu_);
+          if (logs_wait_for_stdin_eof_) {
+            stdin_cv_.wait_for(lock, std::chrono::seconds(10), [this] {
+              return stdin_eof_ && stdin_posts_ >= logs_wait_for_posts_;
+            });
+          }
+          logs_follow_ = request.query["follow"];
+          responder->StartStream(200, "application/x-ndjson");
+          std::string all;
+          for (const auto& line : log_lines_) all += line.dump() + "\n";
+          for (size_t i = 0; i < all.size(); i += 5) responder->Write(all.substr(i, 5));
+          responder->Finish();
+        },
+        blocking);
+    // Stdin chunks, applied once by offset; the first answer can be made to get lost.
+    auto stdin_chunk = [this](Request& request, auto responder) {
       std::lock_guard lock(mu_);
-      logs_follow_ = request.query["follow"];
-      responder->StartStream(200, "application/x-ndjson");
-      std::string all;
-      for (const auto& line : log_lines_) all += line.dump() + "\n";
-      for (size_t i = 0; i < all.size(); i += 5) responder->Write(all.substr(i, 5));
-      responder->Finish();
-    });
+      ++stdin_posts_;
+      stdin_exec_ids_.insert(request.params.count("exec") ? request.params["exec"] : "");
+      uint64_t offset = std::stoull(request.query["offset"]);
+      if (offset > stdin_.size()) {
+        responder->Send(http::JsonError(409, "offset_mismatch", "gap", request.request_id));
+        return;
+      }
+      size_t seen = stdin_.size() - offset;
+      if (seen < request.body.size()) stdin_.append(request.body.substr(seen));
+      if (request.query["eof"] == "true") stdin_eof_ = true;
+      stdin_cv_.notify_all();
+      if (lose_first_stdin_answer_) {
+        lose_first_stdin_answer_ = false;
+        responder->Send(http::JsonError(502, "node_unreachable", "lost", request.request_id));
+        return;
+      }
+      SendJson(responder, 200, {{"offset", stdin_.size()}, {"eof", stdin_eof_}});
+    };
+    server_->Route("POST", "/v1/sandboxes/{id}/stdin", stdin_chunk);
+    server_->Route("POST", "/v1/sandboxes/{id}/execs/{exec}/stdin", stdin_chunk);
     server_->Route("DELETE", "/v1/sandboxes/{id}", [this](Request&, auto responder) {
       std::lock_guard lock(mu_);
       ++deletes_;
       responder->Send(Response{.status = 204, .body = ""});
     });
-    server_->Route("POST", "/v1/sandboxes/{id}/exec", [this](Request& request, auto responder) {
-      std::lock_guard lock(mu_);
-      exec_request_ = json::parse(request.body, nullptr, false);
-      responder->StartStream(200, "application/x-ndjson");
-      responder->Write(R"({"event":"stdout","data":"in the sandbox\n"})"
-                       "\n");
-      responder->Write(R"({"event":"end","state":"exited","exit_code":42})"
-                       "\n");
-      responder->Finish();
-    });
+    server_->Route(
+        "POST", "/v1/sandboxes/{id}/exec",
+        [this](Request& request, auto responder) {
+          std::unique_lock lock(mu_);
+          exec_request_ = json::parse(request.body, nullptr, false);
+          responder->StartStream(200, "application/x-ndjson");
+          if (exec_request_.value("stdin", false)) {
+            // Like `cat`: the stdin it got, once closed, is its output.
+            responder->Write(R"({"event":"started","exec_id":"e1"})"
+                             "\n");
+            stdin_cv_.wait_for(lock, std::chrono::seconds(30), [this] { return stdin_eof_; });
+            responder->Write(node::OutputEvent("stdout", stdin_) + "\n");
+            responder->Write(R"({"event":"end","state":"exited","exit_code":0})"
+                             "\n");
+            responder->Finish();
+            return;
+          }
+          responder->Write(R"({"event":"stdout","data":"in the sandbox\n"})"
+                           "\n");
+          responder->Write(R"({"event":"end","state":"exited","exit_code":42})"
+                           "\n");
+          responder->Finish();
+        },
+        blocking);
     server_->Route("PUT", "/v1/sandboxes/{id}/files", [this](Request& request, auto responder) {
       std::lock_guard lock(mu_);
       files_[request.query["path"]] = request.body;
@@ -179,6 +230,11 @@ class FakeOlympusTest : public ::testing::Test {
                                   {{"event", "stderr"}, {"data_b64", "d2Fybg=="}},  // "warn"
                                   {{"event", "end"}, {"state", "exited"}, {"exit_code", 3}}};
   std::map<std::string, std::string> files_, file_modes_;
+  std::condition_variable stdin_cv_;
+  std::string stdin_;
+  bool stdin_eof_ = false, lose_first_stdin_answer_ = false, logs_wait_for_stdin_eof_ = false;
+  int stdin_posts_ = 0, logs_wait_for_posts_ = 0;
+  std::set<std::string> stdin_exec_ids_;
 };
 
 TEST_F(FakeOlympusTest, RunStreamsOutputAndExitsWithTheCommandsCode) {
@@ -236,21 +292,74 @@ TEST_F(FakeOlympusTest, DetachPrintsTheId) {
   EXPECT_EQ(out_.Text(), "sb1\n");
 }
 
-TEST_F(FakeOlympusTest, StdinWithDataIsRefusedBeforeAnyRequest) {
+TEST_F(FakeOlympusTest, RunForwardsPipedStdinOnceEvenWhenAnAnswerIsLost) {
+  lose_first_stdin_answer_ = true;  // the chunk is applied, its answer lost: sent again
+  logs_wait_for_stdin_eof_ = true;
+  logs_wait_for_posts_ = 2;  // the command ends only after the retry
   StartServer();
   int p[2];
   ASSERT_EQ(pipe(p), 0);
   ASSERT_EQ(write(p[1], "data", 4), 4);
+  close(p[1]);
   io_.stdin_fd = p[0];
-  EXPECT_EQ(ApiRun(connection_, Run({"wc", "-c"}), io_), kTartarusFailure);
+  EXPECT_EQ(ApiRun(connection_, Run({"wc", "-c"}), io_), 3);
+  close(p[0]);
+  std::lock_guard lock(mu_);
+  EXPECT_EQ(created_spec_.value("stdin", false), true) << created_spec_.dump();
+  EXPECT_EQ(stdin_, "data");
+  EXPECT_TRUE(stdin_eof_);
+  EXPECT_GE(stdin_posts_, 2);
+  EXPECT_EQ(stdin_exec_ids_, std::set<std::string>{""}) << "the main command's stdin";
+  EXPECT_EQ(err_.Text(), "warn") << "a retried chunk is not an error";
+}
+
+TEST_F(FakeOlympusTest, NoStdinFromDevNullOrForDetachedRuns) {
+  StartServer();
+  EXPECT_EQ(ApiRun(connection_, Run({"true"}), io_), 3);  // stdin is /dev/null
+  {
+    std::lock_guard lock(mu_);
+    EXPECT_FALSE(created_spec_.contains("stdin")) << created_spec_.dump();
+    EXPECT_EQ(stdin_posts_, 0);
+  }
+  int p[2];
+  ASSERT_EQ(pipe(p), 0);
+  io_.stdin_fd = p[0];
+  RunFlags flags = Run({"cat"});
+  flags.detach = true;
+  EXPECT_EQ(ApiRun(connection_, flags, io_), 0);
   close(p[0]);
   close(p[1]);
-  EXPECT_NE(err_.Text().find("stdin has data, but API mode does not forward stdin yet"),
-            std::string::npos)
-      << err_.Text();
-  EXPECT_NE(err_.Text().find("tartarus --local run"), std::string::npos);
   std::lock_guard lock(mu_);
-  EXPECT_TRUE(created_spec_.is_null()) << "nothing was created";
+  EXPECT_FALSE(created_spec_.contains("stdin")) << created_spec_.dump();
+}
+
+TEST_F(FakeOlympusTest, ExecForwardsLargeStdinToTheExecItStarted) {
+  StartServer();
+  std::string payload(3 << 20, '\0');
+  for (size_t i = 0; i < payload.size(); ++i) payload[i] = static_cast<char>((i * 7919) >> 3);
+  int p[2];
+  ASSERT_EQ(pipe(p), 0);
+  std::thread writer([&] {
+    size_t off = 0;
+    while (off < payload.size()) {
+      ssize_t n = write(p[1], payload.data() + off, payload.size() - off);
+      if (n <= 0) break;
+      off += static_cast<size_t>(n);
+    }
+    close(p[1]);
+  });
+  io_.stdin_fd = p[0];
+  ApiExecArgs args;
+  args.id = "sb1";
+  args.command = {"cat"};
+  EXPECT_EQ(ApiExec(connection_, args, io_), 0);
+  writer.join();
+  close(p[0]);
+  EXPECT_TRUE(out_.Text() == payload) << "got " << out_.Text().size() << " bytes";
+  std::lock_guard lock(mu_);
+  EXPECT_EQ(exec_request_.value("stdin", false), true);
+  EXPECT_EQ(stdin_exec_ids_, std::set<std::string>{"e1"});
+  EXPECT_GE(stdin_posts_, 6) << "3 MiB in chunks of at most 512 KiB, then end of file";
 }
 
 TEST_F(FakeOlympusTest, ExecStreamsAndReturnsItsExitCode) {

@@ -94,7 +94,7 @@ void AddRunCommand(CLI::App& app, GlobalOptions& global, int& exit_code) {
       "  echo data | tartarus run --memory 256M --timeout 10s -- wc -c\n"
       "  tartarus run -d -- sleep 600      # prints the sandbox id\n"
       "  tartarus --host olympus:7777 run -- echo hi   # through the control plane\n"
-      "With a control plane (API mode), stdin is not forwarded yet and --pids is not available.");
+      "Stdin is forwarded in local and API mode alike (always when it is a pipe or file).");
   run->add_option("-t,--template", flags->template_name,
                   "Template (root filesystem and defaults); built on first use")
       ->capture_default_str();

@@ -71,6 +71,13 @@ Result<StreamEvent> ParseStreamEvent(std::string_view line) {
     event.kind = StreamEvent::Kind::kStderr;
   } else if (event.name == "end") {
     event.kind = StreamEvent::Kind::kEnd;
+  } else if (event.name == "started") {
+    event.kind = StreamEvent::Kind::kStarted;
+    event.exec_id = TRY(OptionalString(object, "exec_id"));
+    if (event.exec_id.empty() || event.exec_id.size() > 64) {
+      return Fail(BadEvent("started: exec_id is missing or longer than 64 characters"));
+    }
+    return event;
   } else {
     return event;  // a newer server's event: skipped, not an error
   }

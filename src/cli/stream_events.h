@@ -16,13 +16,14 @@ namespace tartarus::cli {
 inline constexpr size_t kMaxEventLineBytes = 16 << 20;
 
 struct StreamEvent {
-  enum class Kind { kStdout, kStderr, kEnd, kOther };
+  enum class Kind { kStdout, kStderr, kEnd, kStarted, kOther };
   Kind kind = Kind::kOther;
   std::string name;              // the "event" field as sent (for kOther: what we skipped)
   std::string data;              // output bytes, from "data" or decoded from "data_b64"
   std::string state;             // end: the sandbox's state ("exited", "failed", ...)
   std::optional<int> exit_code;  // end: null when there is none (killed, failed, lost)
   std::string error;             // end: why it failed
+  std::string exec_id;           // started (an exec with stdin): where its stdin goes
 };
 
 // Parses one line (without its newline) into an event.

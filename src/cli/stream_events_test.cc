@@ -102,3 +102,19 @@ TEST(DecodeBase64, RoundTripsAndRejects) {
 
 }  // namespace
 }  // namespace tartarus::cli
+
+namespace tartarus::cli {
+namespace {
+
+TEST(ParseStreamEvent, StartedNamesTheExecWhoseStdinIsOpen) {
+  auto event = ParseStreamEvent(R"({"event":"started","exec_id":"0123abcd"})");
+  ASSERT_TRUE(event) << event.error().message;
+  EXPECT_EQ(event->kind, StreamEvent::Kind::kStarted);
+  EXPECT_EQ(event->exec_id, "0123abcd");
+  auto nameless = ParseStreamEvent(R"({"event":"started"})");
+  ASSERT_FALSE(nameless);
+  EXPECT_NE(nameless.error().message.find("exec_id"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace tartarus::cli

@@ -53,7 +53,8 @@ bool OpensRequest(const Message& m) {
 
 Result<std::unique_ptr<ControlServer>> ControlServer::Start(std::string socket_path,
                                                             AgentClient& upstream,
-                                                            std::function<void()> on_kill) {
+                                                            std::function<void()> on_kill,
+                                                            MainStdin main_stdin) {
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   if (socket_path.size() >= sizeof addr.sun_path) {
@@ -70,18 +71,40 @@ Result<std::unique_ptr<ControlServer>> ControlServer::Start(std::string socket_p
   if (r < 0) return FailErrno("bind " + socket_path);
   if (listen(listener.Get(), 64) < 0) return FailErrno("listen " + socket_path);
   auto server = std::unique_ptr<ControlServer>(
-      new ControlServer(std::move(socket_path), std::move(listener), upstream, std::move(on_kill)));
+      new ControlServer(std::move(socket_path), std::move(listener), upstream, std::move(on_kill),
+                        std::move(main_stdin)));
   server->accept_thread_ = std::thread([s = server.get()] { s->AcceptLoop(); });
   return server;
 }
 
 ControlServer::ControlServer(std::string socket_path, UniqueFd listener, AgentClient& upstream,
-                             std::function<void()> on_kill)
+                             std::function<void()> on_kill, MainStdin main_stdin)
     : socket_path_(std::move(socket_path)),
       listener_(std::move(listener)),
       stop_event_(eventfd(0, EFD_CLOEXEC)),
       upstream_(upstream),
-      on_kill_(std::move(on_kill)) {}
+      on_kill_(std::move(on_kill)),
+      main_stdin_(std::move(main_stdin)) {}
+
+void ControlServer::ServeMainStdin(Connection& c, const Frame& frame) {
+  const bool is_data = std::holds_alternative<StdinData>(frame.message);
+  if (!is_data && !std::holds_alternative<StdinClose>(frame.message)) {
+    return c.ReplyError(frame.id, ErrorKind::kBadFrame,
+                        "only StdinData and StdinClose address the main command");
+  }
+  if (!main_stdin_.write) {
+    return c.ReplyError(frame.id, ErrorKind::kInvalidArgument,
+                        "the main command's stdin is not open: the sandbox was created without "
+                        "stdin");
+  }
+  Status done =
+      is_data ? main_stdin_.write(std::get<StdinData>(frame.message).data) : main_stdin_.close();
+  if (!done) {
+    // The command has ended (or the agent is gone): its stdin is closed for good.
+    return c.ReplyError(frame.id, ErrorKind::kNotFound, done.error().message);
+  }
+  c.Reply(Frame{frame.id, protocol::Ok{}});
+}
 
 ControlServer::~ControlServer() { Stop(); }
 
@@ -146,6 +169,10 @@ void ControlServer::Serve(std::shared_ptr<Connection> c) {
     if (std::holds_alternative<Shutdown>(frame->message)) {
       on_kill_();
       c->Reply(Frame{frame->id, protocol::Ok{}});
+      continue;
+    }
+    if (frame->id == kMainStdinRequestId) {
+      ServeMainStdin(*c, *frame);
       continue;
     }
     if (frame->id == 0 || std::holds_alternative<Hello>(frame->message)) {

@@ -2,6 +2,8 @@
 #include "node/node_agent.h"
 
 #include <fcntl.h>
+#include <signal.h>
+#include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -13,6 +15,7 @@
 #include <fstream>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <set>
 #include <thread>
 
@@ -34,6 +37,33 @@ namespace {
 constexpr size_t kMaxFileBytes = 64 << 20;    // one file through the API
 constexpr size_t kMaxPendingBytes = 4 << 20;  // unsent stream output before we pause
 constexpr auto kLogPollInterval = std::chrono::milliseconds(50);
+// Stdin: one chunk per request at most this big (413 beyond), and how long an ended
+// command's stdin is remembered, so a late chunk gets a clear 409 rather than a 404.
+constexpr size_t kMaxStdinChunkBytes = 1 << 20;
+constexpr auto kEndedStdinMemory = std::chrono::minutes(10);
+
+std::string NewExecId() {
+  static thread_local std::mt19937_64 rng{std::random_device{}()};
+  return fmt::format("{:016x}{:016x}", rng(), rng());
+}
+
+// A query parameter that must be a non-negative integer (a byte offset).
+Result<uint64_t> QueryOffset(const std::map<std::string, std::string>& query) {
+  auto it = query.find("offset");
+  if (it == query.end()) return Fail(ErrorCode::kInvalidArgument, "offset: required");
+  const std::string& text = it->second;
+  if (text.empty() || text.size() > 15 ||
+      text.find_first_not_of("0123456789") != std::string::npos) {
+    return Fail(ErrorCode::kInvalidArgument,
+                "offset: expected a byte offset (a non-negative integer), got '" + text + "'");
+  }
+  return std::stoull(text);
+}
+
+bool QueryTrue(const std::map<std::string, std::string>& query, const char* key) {
+  auto it = query.find(key);
+  return it != query.end() && (it->second == "1" || it->second == "true");
+}
 
 bool ValidUtf8(std::string_view s) {
   size_t i = 0;
@@ -203,6 +233,7 @@ struct NodeAgent::Impl : std::enable_shared_from_this<NodeAgent::Impl> {
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work;
   std::thread io_thread, loop_thread, report_thread;
   std::atomic<bool> stopping{false};
+  UniqueFd stdin_stop{eventfd(0, EFD_CLOEXEC)};  // readable once stopping: feeders return
 
   enum class Phase { kStarting, kRunning, kReported };
   struct Run {
@@ -498,6 +529,8 @@ struct NodeAgent::Impl : std::enable_shared_from_this<NodeAgent::Impl> {
     request.env = sandbox.value("env", std::vector<std::string>{});
     request.workdir = sandbox.value("workdir", "");
     request.user = sandbox.value("user", "");
+    // Created with "stdin": true: the command's stdin stays open for POST .../stdin.
+    request.stdin_via_control = sandbox.value("stdin", false);
     json limits = sandbox.value("limits", json::object());
     if (int64_t v = limits.value("millicpus", int64_t{0}); v > 0)
       request.millicpus = static_cast<uint32_t>(v);
@@ -729,7 +762,9 @@ struct NodeAgent::Impl : std::enable_shared_from_this<NodeAgent::Impl> {
     std::vector<std::string> command, env;
     std::string workdir, user;
     std::optional<std::chrono::milliseconds> timeout;
+    bool with_stdin = false;
     try {
+      with_stdin = doc.value("stdin", false);
       command = doc.value("command", std::vector<std::string>{});
       env = doc.value("env", std::vector<std::string>{});
       workdir = doc.value("workdir", "");
@@ -752,27 +787,221 @@ struct NodeAgent::Impl : std::enable_shared_from_this<NodeAgent::Impl> {
       close(out[1]);
       return responder->Send(http::ErrorResponse(ErrnoError("pipe2"), req.request_id));
     }
+    // With stdin, the exec's first event names it, so that the client can address its
+    // stdin; the sink exists before that event goes out.
+    const std::string exec_id = with_stdin ? NewExecId() : "";
+    int in[2] = {-1, -1};
+    if (with_stdin && pipe2(in, O_CLOEXEC) != 0) {
+      close(out[0]);
+      close(out[1]);
+      close(err[0]);
+      close(err[1]);
+      return responder->Send(http::ErrorResponse(ErrnoError("pipe2"), req.request_id));
+    }
     auto pump = std::make_shared<ExecPump>();
     pump->responder = responder;
     pump->pipes[0] = std::make_unique<asio::posix::stream_descriptor>(io, out[0]);
     pump->pipes[1] = std::make_unique<asio::posix::stream_descriptor>(io, err[0]);
     responder->StartStream(200, "application/x-ndjson");
-    asio::post(io, [self = shared_from_this(), pump] {
+    asio::post(io, [self = shared_from_this(), pump, exec_id, run_id = *run_id, in_w = in[1]] {
+      if (!exec_id.empty()) {
+        self->AddStdinSink(exec_id, run_id, in_w);
+        pump->responder->Write(json{{"event", "started"}, {"exec_id", exec_id}}.dump() + "\n");
+      }
       self->ReadPipe(pump, 0);
       self->ReadPipe(pump, 1);
     });
     std::thread([self = shared_from_this(), pump, run_id = *run_id, command, env, workdir, user,
-                 timeout, out_w = out[1], err_w = err[1]] {
+                 timeout, out_w = out[1], err_w = err[1], exec_id, in_r = in[0]] {
       LocalNode local(self->config.node);
-      IoSinks io_sinks{-1, out_w, err_w};
+      IoSinks io_sinks{in_r, out_w, err_w};
       Result<int> result = local.Exec(run_id, command, env, workdir, user, timeout, io_sinks);
+      if (in_r >= 0) close(in_r);
       close(out_w);
       close(err_w);
-      asio::post(self->io, [self, pump, result = std::move(result)]() mutable {
+      asio::post(self->io, [self, pump, exec_id, result = std::move(result)]() mutable {
+        if (!exec_id.empty()) self->EndStdinSink(exec_id);
         pump->result = std::move(result);
         self->FinishExec(pump);
       });
     }).detach();
+  }
+
+  // ---- stdin (docs/control-plane.md, "Stdin through the API") ----
+  //
+  // Every command whose stdin the API feeds has a pipe: its read end goes to a blocking
+  // copier (LocalNode::Exec's StdinPump, or FeedMainStdin for the main command), its write
+  // end stays here, on the io thread. A chunk is answered once the pipe took all of it, so
+  // what a writer can have in flight is one chunk + the pipe + the agent's stdin window.
+  struct StdinSink {
+    std::string run_id;
+    std::unique_ptr<asio::posix::stream_descriptor> pipe;  // the write end; null once closed
+    uint64_t accepted = 0;  // bytes taken so far: the next chunk's offset
+    bool busy = false;      // a chunk is being written
+    bool eof = false;       // the client closed stdin
+    bool ended = false;     // the command ended: nothing more is taken
+  };
+  // By exec id, or by "main:" + run id. Touched only on the io thread.
+  std::map<std::string, std::shared_ptr<StdinSink>> stdin_sinks;
+
+  // A new sink around the write end of a pipe (on the io thread).
+  void AddStdinSink(const std::string& key, const std::string& run_id, int write_end) {
+    // A bigger pipe means fewer wake-ups for large inputs; the default still works.
+    (void)fcntl(write_end, F_SETPIPE_SZ, 1 << 20);
+    auto sink = std::make_shared<StdinSink>();
+    sink->run_id = run_id;
+    sink->pipe = std::make_unique<asio::posix::stream_descriptor>(io, write_end);
+    stdin_sinks[key] = sink;
+  }
+
+  // On the io thread once the copier returned: later chunks get 409, and the sink is
+  // forgotten after a while.
+  void EndStdinSink(const std::string& key) {
+    auto it = stdin_sinks.find(key);
+    if (it == stdin_sinks.end()) return;
+    auto sink = it->second;
+    sink->ended = true;
+    if (sink->pipe) {
+      boost::system::error_code ignored;
+      sink->pipe->close(ignored);
+      sink->pipe.reset();
+    }
+    auto timer = std::make_shared<asio::steady_timer>(io, kEndedStdinMemory);
+    std::weak_ptr<Impl> weak = shared_from_this();
+    timer->async_wait([weak, key, sink, timer](boost::system::error_code) {
+      auto self = weak.lock();
+      if (!self) return;
+      auto now = self->stdin_sinks.find(key);
+      if (now != self->stdin_sinks.end() && now->second == sink) self->stdin_sinks.erase(now);
+    });
+  }
+
+  static json StdinAnswer(const StdinSink& sink) {
+    return {{"offset", sink.accepted}, {"eof", sink.eof}};
+  }
+
+  // One chunk, on the io thread: exactly-once by offset, in order, one at a time.
+  void ApplyStdin(std::shared_ptr<StdinSink> sink, uint64_t offset, bool eof, std::string data,
+                  std::shared_ptr<http::Responder> responder, std::string request_id,
+                  std::string what) {
+    auto conflict = [&](const char* code, const std::string& message) {
+      responder->Send(http::JsonError(409, code, message, request_id));
+    };
+    if (sink->ended) {
+      return conflict("stdin_closed", what + " has ended: its stdin is closed");
+    }
+    if (sink->busy) {
+      return conflict("stdin_busy", "a chunk for " + what + " is still being written: retry");
+    }
+    if (offset > sink->accepted) {
+      return conflict("offset_mismatch", fmt::format("{} has taken {} bytes of stdin: send from "
+                                                     "offset {}, not {}",
+                                                     what, sink->accepted, sink->accepted, offset));
+    }
+    // A retried chunk: skip what was applied before.
+    uint64_t seen = sink->accepted - offset;
+    data.erase(0, std::min<uint64_t>(seen, data.size()));
+    if (sink->eof) {
+      if (!data.empty()) return conflict("stdin_closed", "stdin of " + what + " was closed");
+      return responder->Send(JsonResponse(200, StdinAnswer(*sink)));
+    }
+    auto finish = [this, sink, eof, responder] {
+      if (eof) {
+        sink->eof = true;
+        if (sink->pipe) {
+          boost::system::error_code ignored;
+          sink->pipe->close(ignored);  // the copier reads end of file and closes stdin
+          sink->pipe.reset();
+        }
+      }
+      responder->Send(JsonResponse(200, StdinAnswer(*sink)));
+    };
+    if (data.empty()) return finish();
+    sink->busy = true;
+    auto bytes = std::make_shared<std::string>(std::move(data));
+    asio::async_write(
+        *sink->pipe, asio::buffer(*bytes),
+        [sink, bytes, responder, request_id, what, finish](boost::system::error_code ec,
+                                                           size_t written) {
+          sink->busy = false;
+          sink->accepted += written;
+          if (ec) {
+            // The copier closed the read end: the command ended while we waited.
+            sink->ended = true;
+            return responder->Send(http::JsonError(
+                409, "stdin_closed", what + " has ended: its stdin is closed", request_id));
+          }
+          finish();
+        });
+  }
+
+  // POST /v1/node/sandboxes/{id}/stdin and /v1/node/sandboxes/{id}/execs/{exec}/stdin.
+  void Stdin(http::Request& req, std::shared_ptr<http::Responder> responder) {
+    auto run_id = RunOf(req);
+    if (!run_id) return responder->Send(http::ErrorResponse(run_id.error(), req.request_id));
+    auto offset = QueryOffset(req.query);
+    if (!offset) return responder->Send(http::ErrorResponse(offset.error(), req.request_id));
+    bool eof = QueryTrue(req.query, "eof");  // with data: close after it
+    auto exec_it = req.params.find("exec");
+    if (exec_it != req.params.end()) {
+      std::string exec_id = exec_it->second;
+      asio::post(io,
+                 [self = shared_from_this(), exec_id, run_id = *run_id, offset = *offset, eof,
+                  body = std::move(req.body), responder, request_id = req.request_id]() mutable {
+                   auto it = self->stdin_sinks.find(exec_id);
+                   if (it == self->stdin_sinks.end() || it->second->run_id != run_id) {
+                     return responder->Send(http::JsonError(
+                         404, "not_found", "no exec '" + exec_id + "' with stdin in this sandbox",
+                         request_id));
+                   }
+                   self->ApplyStdin(it->second, offset, eof, std::move(body), responder, request_id,
+                                    "exec " + exec_id);
+                 });
+      return;
+    }
+    // The main command: its copier starts with the first chunk.
+    SandboxStore store(config.node.state_dir);
+    auto record = store.Load(*run_id);
+    if (!record) return responder->Send(http::ErrorResponse(record.error(), req.request_id));
+    if (!record->stdin_via_control) {
+      return responder->Send(http::JsonError(
+          409, "stdin_closed",
+          "the sandbox was created without stdin: its command reads /dev/null (create it with "
+          "\"stdin\": true)",
+          req.request_id));
+    }
+    bool final = IsFinal(record->state);
+    asio::post(io, [self = shared_from_this(), run_id = *run_id, offset = *offset, eof, final,
+                    body = std::move(req.body), responder, request_id = req.request_id]() mutable {
+      const std::string key = "main:" + run_id;
+      auto it = self->stdin_sinks.find(key);
+      if (it == self->stdin_sinks.end()) {
+        if (final) {
+          return responder->Send(
+              http::JsonError(409, "stdin_closed",
+                              "the sandbox's command has ended: its stdin is closed", request_id));
+        }
+        int fds[2];
+        if (pipe2(fds, O_CLOEXEC) != 0) {
+          return responder->Send(http::ErrorResponse(ErrnoError("pipe2"), request_id));
+        }
+        int read_end = fds[0];
+        self->AddStdinSink(key, run_id, fds[1]);
+        std::thread([self, run_id, key, read_end] {
+          LocalNode local(self->config.node);
+          Status fed = local.FeedMainStdin(run_id, read_end, self->stdin_stop.Get());
+          close(read_end);
+          if (!fed && fed.error().code != ErrorCode::kCancelled) {
+            telemetry::LogJson("info", "main command stdin ended",
+                               {{"run", run_id}, {"why", fed.error().message}});
+          }
+          asio::post(self->io, [self, key] { self->EndStdinSink(key); });
+        }).detach();
+        it = self->stdin_sinks.find(key);
+      }
+      self->ApplyStdin(it->second, offset, eof, std::move(body), responder, request_id,
+                       "the sandbox's command");
+    });
   }
 
   // Files: copied through a private temporary directory with LocalNode::Copy.
@@ -850,6 +1079,13 @@ struct NodeAgent::Impl : std::enable_shared_from_this<NodeAgent::Impl> {
     server->Route(
         "POST", "/v1/node/sandboxes/{id}/exec",
         [this](http::Request& req, std::shared_ptr<http::Responder> r) { Exec(req, r); }, blocking);
+    http::RouteOptions stdin_chunk = blocking;
+    stdin_chunk.max_body_bytes = kMaxStdinChunkBytes;
+    auto stdin_route = [this](http::Request& req, std::shared_ptr<http::Responder> r) {
+      Stdin(req, r);
+    };
+    server->Route("POST", "/v1/node/sandboxes/{id}/stdin", stdin_route, stdin_chunk);
+    server->Route("POST", "/v1/node/sandboxes/{id}/execs/{exec}/stdin", stdin_route, stdin_chunk);
     auto files = [this](http::Request& req, std::shared_ptr<http::Responder> r) {
       auto res = Files(req);
       r->Send(res ? std::move(*res) : http::ErrorResponse(res.error(), req.request_id));
@@ -898,6 +1134,9 @@ Result<std::unique_ptr<NodeAgent>> NodeAgent::Start(NodeAgentConfig config) {
       if (backend && (*backend)->CheckAvailable()) config.runtimes.push_back(name);
     }
   }
+  // A stdin chunk can race its command's end: the write then fails with EPIPE (a 409)
+  // instead of the signal ending the agent.
+  signal(SIGPIPE, SIG_IGN);
   auto impl = std::make_shared<Impl>();
   impl->config = config;
   http::ServerOptions options;
@@ -933,6 +1172,8 @@ Result<std::unique_ptr<NodeAgent>> NodeAgent::Start(NodeAgentConfig config) {
 
 void NodeAgent::Stop() {
   if (!impl_ || impl_->stopping.exchange(true)) return;
+  uint64_t one = 1;
+  (void)!write(impl_->stdin_stop.Get(), &one, sizeof one);
   if (impl_->loop_thread.joinable()) impl_->loop_thread.join();
   if (impl_->report_thread.joinable()) impl_->report_thread.join();
   impl_->server->Stop();

@@ -50,6 +50,7 @@ std::string RecordToJson(const SandboxRecord& r) {
         {"open_files", r.limits.open_files}}},
       {"timeout_ms", r.timeout_ms},
       {"detached", r.detached},
+      {"stdin_via_control", r.stdin_via_control},
       {"state", StateName(r.state)},
       {"created_ms", r.created_ms},
       {"started_ms", r.started_ms},
@@ -89,6 +90,7 @@ Result<SandboxRecord> RecordFromJson(const std::string& text) {
     }
     r.timeout_ms = j.value("timeout_ms", uint64_t{0});
     r.detached = j.value("detached", false);
+    r.stdin_via_control = j.value("stdin_via_control", false);
     r.state = TRY(ParseState(j.value("state", "creating")));
     r.created_ms = j.value("created_ms", int64_t{0});
     r.started_ms = j.value("started_ms", int64_t{0});

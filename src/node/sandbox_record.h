@@ -42,6 +42,9 @@ struct SandboxRecord {
   runtime::Limits limits;
   uint64_t timeout_ms = 0;
   bool detached = false;
+  // The main command's stdin stays open and is fed through the control socket (API mode's
+  // `run -i`); false: /dev/null, or the foreground CLI's own stdin.
+  bool stdin_via_control = false;
 
   SandboxState state = SandboxState::kCreating;
   int64_t created_ms = 0;  // Unix epoch milliseconds

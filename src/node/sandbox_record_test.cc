@@ -33,6 +33,12 @@ TEST(SandboxRecord, JsonRoundTrip) {
   EXPECT_EQ(back->state, SandboxState::kExited);
   EXPECT_EQ(back->exit_code, 3);
   EXPECT_EQ(back->usage.cpu_ns, 42u);
+  EXPECT_FALSE(back->stdin_via_control);
+  SandboxRecord with_stdin = Sample();
+  with_stdin.stdin_via_control = true;
+  auto again = RecordFromJson(RecordToJson(with_stdin));
+  ASSERT_TRUE(again) << again.error().message;
+  EXPECT_TRUE(again->stdin_via_control) << "the detached supervisor reads it from the record";
 }
 
 TEST(SandboxRecord, CorruptJsonIsAnError) {

@@ -104,11 +104,8 @@ Status Supervisor::Start() {
   }
   if (Killed()) return fail(Error{ErrorCode::kCancelled, kill_reason_});
 
-  runtime::PhaseTimer connect_phase("supervisor.agent_handshake");
-  auto client = protocol::AgentClient::Connect(sandbox_->TakeFromAgent(), sandbox_->TakeToAgent(),
-                                               {.handshake_timeout = kAgentHandshakeTimeout});
-  if (!client) {
-    // A runtime that failed closes the stream: its own error says more.
+  // A runtime that failed closes the agent's stream: its own error says more.
+  auto fail_to_connect = [&](const Error& error) {
     Status started = Ok();
     {
       std::lock_guard lock(destroy_mutex_);
@@ -117,30 +114,44 @@ Status Supervisor::Start() {
     if (!started) {
       return fail(started.error().Context("starting the " + record_.runtime + " sandbox"));
     }
-    return fail(client.error().Context("connecting to the guest agent"));
-  }
+    return fail(error.Context("connecting to the guest agent"));
+  };
+  // The main command's ExecStart goes out with Hello, without waiting for Ready: the
+  // agent reads both when it starts, and the run saves a round trip.
+  runtime::PhaseTimer connect_phase("supervisor.agent_start_and_exec");
+  auto client = protocol::AgentClient::Connect(
+      sandbox_->TakeFromAgent(), sandbox_->TakeToAgent(),
+      {.handshake_timeout = kAgentHandshakeTimeout, .wait_for_ready = false});
+  if (!client) return fail_to_connect(client.error());
   client_ = std::move(*client);
-  connect_phase.Stop();
 
-  runtime::PhaseTimer exec_phase("supervisor.exec_start");
   protocol::ExecStart exec;
   exec.argv = record_.command;
   exec.env = record_.env;
   exec.cwd = record_.workdir;
   exec.user = record_.user;
-  exec.stdin_pipe = launch_.stdin_fd >= 0;
+  exec.stdin_pipe = launch_.stdin_fd >= 0 || record_.stdin_via_control;
   exec.timeout_ms = record_.timeout_ms;
   auto main_exec = client_->StartExec(
       exec, [this](protocol::Stream stream, std::string_view data) { OnOutput(stream, data); });
-  if (!main_exec) return fail(main_exec.error().Context("starting the command"));
+  if (!main_exec) {
+    if (auto ready = client_->WaitReady(); !ready) return fail_to_connect(ready.error());
+    return fail(main_exec.error().Context("starting the command"));
+  }
   main_exec_ = std::move(*main_exec);
-  exec_phase.Stop();
+  connect_phase.Stop();
 
   // After the main command started, so that this overlaps with its run.
   runtime::PhaseTimer control_phase("supervisor.control_socket");
-  auto control = ControlServer::Start(store_.ControlSocket(record_.id), *client_, [this] {
-    Kill(SandboxState::kKilled, SIGKILL, "killed by `tartarus kill`");
-  });
+  MainStdin main_stdin;
+  if (record_.stdin_via_control && launch_.stdin_fd < 0) {
+    main_stdin.write = [this](std::string_view data) { return main_exec_->WriteStdin(data); };
+    main_stdin.close = [this] { return main_exec_->CloseStdin(); };
+  }
+  auto control = ControlServer::Start(
+      store_.ControlSocket(record_.id), *client_,
+      [this] { Kill(SandboxState::kKilled, SIGKILL, "killed by `tartarus kill`"); },
+      std::move(main_stdin));
   if (!control) return fail(control.error().Context("opening the control socket"));
   control_ = std::move(*control);
   control_phase.Stop();

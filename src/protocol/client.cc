@@ -134,7 +134,10 @@ Result<std::unique_ptr<AgentClient>> AgentClient::Connect(UniqueFd from_agent, U
   IgnoreSigpipeOnce();
   std::unique_ptr<AgentClient> client(new AgentClient(std::move(from_agent), std::move(to_agent)));
   if (pipe2(client->wake_pipe_, O_CLOEXEC | O_NONBLOCK) < 0) return FailErrno("pipe");
-  TRY(client->Handshake(options.handshake_timeout));
+  TRY(client->SendHello());
+  client->handshake_timeout_ = options.handshake_timeout;
+  client->handshake_deadline_ = std::chrono::steady_clock::now() + options.handshake_timeout;
+  if (options.wait_for_ready) TRY(client->Handshake());
   client->reader_ = std::thread([c = client.get()] { c->ReaderLoop(); });
   {
     std::lock_guard lock(client->mutex_);
@@ -143,16 +146,51 @@ Result<std::unique_ptr<AgentClient>> AgentClient::Connect(UniqueFd from_agent, U
   return client;
 }
 
-Status AgentClient::Handshake(std::chrono::milliseconds timeout) {
-  const Error closed{ErrorCode::kFailedPrecondition,
-                     "guest agent closed the connection during handshake"};
+Status AgentClient::SendHello() {
   std::string hello = TRY(EncodeFrame(Frame{0, Hello{}}));
   if (auto written = WriteAll(to_agent_.Get(), hello); !written) {
     return Fail(written.error().message.find("Broken pipe") != std::string::npos
-                    ? closed
+                    ? HandshakeClosedError()
                     : written.error().Context("sending Hello to the guest agent"));
   }
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  return {};
+}
+
+Error AgentClient::HandshakeClosedError() {
+  return Error{ErrorCode::kFailedPrecondition,
+               "guest agent closed the connection during handshake"};
+}
+
+Error AgentClient::HandshakeTimeoutError() const {
+  return Error{ErrorCode::kTimeout, "guest agent did not answer the handshake within " +
+                                        std::to_string(handshake_timeout_.count()) + " ms"};
+}
+
+Status AgentClient::OnHandshakeFrame(const Frame& frame) {
+  const Message& m = frame.message;
+  if (const auto* ready = std::get_if<Ready>(&m)) {
+    if (ready->version != kProtocolVersion) {
+      return Fail(ErrorCode::kFailedPrecondition,
+                  "guest agent speaks protocol version " + std::to_string(ready->version) +
+                      ", host speaks " + std::to_string(kProtocolVersion));
+    }
+    std::lock_guard lock(mutex_);
+    protocol_version_ = ready->version;
+    agent_version_ = ready->agent_version;
+    ready_ = true;
+    return {};
+  }
+  if (const auto* error = std::get_if<ErrorReply>(&m)) {
+    if (error->kind == ErrorKind::kVersionMismatch) {
+      return Fail(ErrorCode::kFailedPrecondition, error->message);
+    }
+    return Fail(FromReply(*error).Context("guest agent refused the handshake"));
+  }
+  return Fail(ErrorCode::kProtocol, "guest agent sent " + std::string(MessageTypeName(TypeOf(m))) +
+                                        " instead of Ready during handshake");
+}
+
+Status AgentClient::Handshake() {
   std::string buffer(kReadBytes, '\0');
   for (;;) {
     DecodeEvent event = decoder_.Next();
@@ -163,45 +201,30 @@ Status AgentClient::Handshake(std::chrono::milliseconds timeout) {
       case DecodeEvent::Kind::kFatal:
         return Fail(ErrorCode::kProtocol,
                     "guest agent sent garbage during handshake: " + event.error);
-      case DecodeEvent::Kind::kFrame: {
-        const Message& m = event.frame.message;
-        if (const auto* ready = std::get_if<Ready>(&m)) {
-          if (ready->version != kProtocolVersion) {
-            return Fail(ErrorCode::kFailedPrecondition,
-                        "guest agent speaks protocol version " + std::to_string(ready->version) +
-                            ", host speaks " + std::to_string(kProtocolVersion));
-          }
-          protocol_version_ = ready->version;
-          agent_version_ = ready->agent_version;
-          return {};
-        }
-        if (const auto* error = std::get_if<ErrorReply>(&m)) {
-          if (error->kind == ErrorKind::kVersionMismatch) {
-            return Fail(ErrorCode::kFailedPrecondition, error->message);
-          }
-          return Fail(FromReply(*error).Context("guest agent refused the handshake"));
-        }
-        return Fail(ErrorCode::kProtocol, "guest agent sent " +
-                                              std::string(MessageTypeName(TypeOf(m))) +
-                                              " instead of Ready during handshake");
-      }
+      case DecodeEvent::Kind::kFrame:
+        return OnHandshakeFrame(event.frame);
     }
     auto now = std::chrono::steady_clock::now();
-    if (now >= deadline) {
-      return Fail(ErrorCode::kTimeout, "guest agent did not answer the handshake within " +
-                                           std::to_string(timeout.count()) + " ms");
-    }
+    if (now >= handshake_deadline_) return Fail(HandshakeTimeoutError());
     pollfd p{from_agent_.Get(), POLLIN, 0};
-    int ms = static_cast<int>(std::chrono::ceil<std::chrono::milliseconds>(deadline - now).count());
+    int ms = static_cast<int>(
+        std::chrono::ceil<std::chrono::milliseconds>(handshake_deadline_ - now).count());
     int ready = poll(&p, 1, ms);
     if (ready < 0 && errno != EINTR) return FailErrno("poll");
     if (ready <= 0) continue;
     ssize_t n = read(from_agent_.Get(), buffer.data(), buffer.size());
     if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
     if (n < 0) return FailErrno("reading from the guest agent during handshake");
-    if (n == 0) return Fail(closed);
+    if (n == 0) return Fail(HandshakeClosedError());
     decoder_.Feed(std::string_view(buffer.data(), static_cast<size_t>(n)));
   }
+}
+
+Status AgentClient::WaitReady() {
+  std::unique_lock lock(mutex_);
+  ready_changed_.wait(lock, [&] { return ready_ || lost_; });
+  if (ready_) return {};
+  return Fail(*lost_);
 }
 
 AgentClient::~AgentClient() {
@@ -238,10 +261,40 @@ Error AgentClient::LostError() const {
 
 void AgentClient::ReaderLoop() {
   std::string buffer(kReadBytes, '\0');
+  // Set by Connect (wait_for_ready) or by the first frame below; only this thread writes it
+  // from here on.
+  bool ready = ready_;
+  // The handshake is dispatched before the first frame of this loop: finish it here, with
+  // its deadline, when Connect did not.
   for (;;) {
+    if (!ready) {
+      // Frames already buffered (Ready and the replies that follow it) come first.
+      DecodeEvent event = decoder_.Next();
+      if (event.kind == DecodeEvent::Kind::kFrame) {
+        if (auto handshake = OnHandshakeFrame(event.frame); !handshake) {
+          return MarkLost(handshake.error());
+        }
+        ready = true;
+        ready_changed_.notify_all();
+        continue;
+      }
+      if (event.kind != DecodeEvent::Kind::kNeedMore) {
+        return MarkLost(Error{ErrorCode::kProtocol,
+                              "guest agent sent garbage during handshake: " + event.error});
+      }
+    } else {
+      if (!DispatchBuffered()) return;
+    }
+    int timeout_ms = -1;
+    if (!ready) {
+      auto left = std::chrono::ceil<std::chrono::milliseconds>(handshake_deadline_ -
+                                                               std::chrono::steady_clock::now());
+      if (left.count() <= 0) return MarkLost(HandshakeTimeoutError());
+      timeout_ms = static_cast<int>(left.count());
+    }
     pollfd fds[2] = {{from_agent_.Get(), POLLIN, 0}, {wake_pipe_[0], POLLIN, 0}};
-    int ready = poll(fds, 2, -1);
-    if (ready < 0) {
+    int polled = poll(fds, 2, timeout_ms);
+    if (polled < 0) {
       if (errno == EINTR) continue;
       return MarkLost(ErrnoError("guest agent connection: poll"));
     }
@@ -253,21 +306,25 @@ void AgentClient::ReaderLoop() {
       return MarkLost(ErrnoError("guest agent connection: read"));
     }
     if (n == 0) {
-      return MarkLost(Error{ErrorCode::kCancelled, "guest agent closed the connection"});
+      return MarkLost(ready ? Error{ErrorCode::kCancelled, "guest agent closed the connection"}
+                            : HandshakeClosedError());
     }
     decoder_.Feed(std::string_view(buffer.data(), static_cast<size_t>(n)));
-    for (;;) {
-      DecodeEvent event = decoder_.Next();
-      if (event.kind == DecodeEvent::Kind::kNeedMore) break;
-      if (event.kind == DecodeEvent::Kind::kFatal) {
-        return MarkLost(
-            Error{ErrorCode::kProtocol, "guest agent broke the protocol: " + event.error});
-      }
-      // A malformed frame from the agent is dropped; its request times out or the
-      // connection ends, rather than trusting a half-understood reply.
-      if (event.kind == DecodeEvent::Kind::kBadFrame) continue;
-      Dispatch(event.frame);
+  }
+}
+
+bool AgentClient::DispatchBuffered() {
+  for (;;) {
+    DecodeEvent event = decoder_.Next();
+    if (event.kind == DecodeEvent::Kind::kNeedMore) return true;
+    if (event.kind == DecodeEvent::Kind::kFatal) {
+      MarkLost(Error{ErrorCode::kProtocol, "guest agent broke the protocol: " + event.error});
+      return false;
     }
+    // A malformed frame from the agent is dropped; its request times out or the
+    // connection ends, rather than trusting a half-understood reply.
+    if (event.kind == DecodeEvent::Kind::kBadFrame) continue;
+    Dispatch(event.frame);
   }
 }
 
@@ -310,6 +367,7 @@ void AgentClient::MarkLost(Error error) {
     notifying_lost_ = false;
   }
   dispatch_done_.notify_all();
+  ready_changed_.notify_all();
 }
 
 uint32_t AgentClient::AllocateId() {
@@ -407,7 +465,9 @@ Result<std::unique_ptr<ExecHandle>> AgentClient::StartExec(const ExecStart& star
   auto on_lost = [state](const Error& error) {
     {
       std::lock_guard lock(state->mutex);
-      state->lost = error.Context("sandbox stopped before the command finished");
+      // Before ExecStarted the error itself says why (a refused handshake, for one).
+      state->lost =
+          state->started ? error.Context("sandbox stopped before the command finished") : error;
     }
     state->changed.notify_all();
   };

@@ -77,10 +77,16 @@ class AgentClient {
 
   struct Options {
     std::chrono::milliseconds handshake_timeout{10'000};
+    // False: Connect returns once Hello is sent, so that the first requests travel with it
+    // (the agent reads them after Hello, in order) and a sandbox start saves a round trip.
+    // A refused, broken or late handshake then ends the connection with the error Connect
+    // would have returned, and every pending request reports it. WaitReady() waits for it.
+    bool wait_for_ready = true;
   };
 
-  // Performs the Hello/Ready handshake on the stream and starts the reader thread.
-  // Fails with a clear message on version mismatch, end of stream or garbage.
+  // Sends Hello, performs the Hello/Ready handshake (unless options.wait_for_ready is
+  // false) and starts the reader thread. Fails with a clear message on version mismatch,
+  // end of stream or garbage.
   static Result<std::unique_ptr<AgentClient>> Connect(UniqueFd from_agent, UniqueFd to_agent,
                                                       Options options);
   static Result<std::unique_ptr<AgentClient>> Connect(UniqueFd from_agent, UniqueFd to_agent) {
@@ -93,8 +99,12 @@ class AgentClient {
   AgentClient(const AgentClient&) = delete;
   AgentClient& operator=(const AgentClient&) = delete;
 
+  // Known once the handshake is done (Connect waited for it, or WaitReady() returned).
   const std::string& agent_version() const { return agent_version_; }
   uint32_t protocol_version() const { return protocol_version_; }
+  // Returns once the agent answered Hello with Ready, or with the error that ended the
+  // connection (a refused or timed-out handshake included).
+  Status WaitReady();
   // False once the connection died (end of stream, broken stream, Close()).
   bool Connected() const;
   // The error that ended the connection, if it ended.
@@ -145,8 +155,16 @@ class AgentClient {
   };
 
   AgentClient(UniqueFd from_agent, UniqueFd to_agent);
-  Status Handshake(std::chrono::milliseconds timeout);
+  Status SendHello();
+  // Reads until Ready (the synchronous handshake of Connect).
+  Status Handshake();
+  // Checks the agent's answer to Hello; on success records its version and sets ready_.
+  Status OnHandshakeFrame(const Frame& frame);
+  static Error HandshakeClosedError();
+  Error HandshakeTimeoutError() const;
   void ReaderLoop();
+  // Dispatches every complete frame in decoder_; false once the connection was marked lost.
+  bool DispatchBuffered();
   void Dispatch(const Frame& frame);
   void MarkLost(Error error);
   Error LostError() const;
@@ -161,6 +179,8 @@ class AgentClient {
   FrameDecoder decoder_;  // owned by the handshake, then by the reader thread
   std::string agent_version_;
   uint32_t protocol_version_ = 0;
+  std::chrono::milliseconds handshake_timeout_{0};
+  std::chrono::steady_clock::time_point handshake_deadline_;
 
   std::mutex write_mutex_;
   std::atomic<uint32_t> next_id_{1};
@@ -173,6 +193,8 @@ class AgentClient {
   bool notifying_lost_ = false;  // MarkLost is running the on_lost callbacks
   std::thread::id notifying_thread_;
   std::optional<Error> lost_;
+  bool ready_ = false;  // the agent answered Hello with Ready
+  std::condition_variable ready_changed_;
   LostCallback on_lost_;
   std::thread reader_;
   std::thread::id reader_id_;

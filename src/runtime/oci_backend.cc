@@ -154,16 +154,18 @@ Status DeleteContainer(const RuntimeConfig& config, OciRuntime runtime, std::str
 // dispositions and an empty signal mask. posix_spawn (a vfork-style clone in glibc)
 // instead of common's fork-based Spawn: copying this process's page tables and closing
 // a thousand fds one by one cost 1-2 ms on every run's critical path here; this ~0.25 ms.
-Result<Subprocess> SpawnRuntime(const std::vector<std::string>& argv, const int (&stdio)[3]) {
+// `child_fds[i]` becomes fd i of the runtime (-1: /dev/null); everything else is closed.
+Result<Subprocess> SpawnRuntime(const std::vector<std::string>& argv,
+                                const std::vector<int>& child_fds) {
   std::string path = FindExecutable(argv.at(0));
   if (path.empty()) return Fail(ErrorCode::kNotFound, argv[0] + ": executable not found in PATH");
-  // A source fd among 0-2 could be overwritten by an earlier dup2: move it above them.
-  UniqueFd moved[3];
-  int sources[3];
-  for (int i = 0; i < 3; ++i) {
-    sources[i] = stdio[i];
-    if (sources[i] >= 0 && sources[i] < 3) {
-      moved[i].Reset(fcntl(sources[i], F_DUPFD_CLOEXEC, 3));
+  const int count = static_cast<int>(child_fds.size());
+  // A source fd among the targets could be overwritten by an earlier dup2: move it above.
+  std::vector<UniqueFd> moved(child_fds.size());
+  std::vector<int> sources = child_fds;
+  for (int i = 0; i < count; ++i) {
+    if (sources[i] >= 0 && sources[i] < count) {
+      moved[i].Reset(fcntl(sources[i], F_DUPFD_CLOEXEC, count));
       if (!moved[i]) return FailErrno("fcntl F_DUPFD_CLOEXEC");
       sources[i] = moved[i].Get();
     }
@@ -176,11 +178,11 @@ Result<Subprocess> SpawnRuntime(const std::vector<std::string>& argv, const int 
     return FailErrno("posix_spawn", err);
   }
   int err = 0;
-  for (int i = 0; i < 3 && !err; ++i) {
+  for (int i = 0; i < count && !err; ++i) {
     err = sources[i] >= 0 ? posix_spawn_file_actions_adddup2(&actions, sources[i], i)
                           : posix_spawn_file_actions_addopen(&actions, i, "/dev/null", O_RDWR, 0);
   }
-  if (!err) err = posix_spawn_file_actions_addclosefrom_np(&actions, 3);
+  if (!err) err = posix_spawn_file_actions_addclosefrom_np(&actions, count);
   sigset_t none, all;
   sigemptyset(&none);
   sigfillset(&all);
@@ -312,6 +314,9 @@ class OciSandbox : public Sandbox {
     PhaseTimer bundle_phase("start.bundle");
     OciProfileOptions profile;
     if (runtime_ == OciRuntime::kRunsc) profile.runtime_host_pids = kGvisorRuntimeHostPids;
+    // runsc has no --preserve-fds: the agent stays on its stdio there.
+    profile.agent_on_preserved_fds = runtime_ != OciRuntime::kRunsc;
+    profile.seccomp_in_agent = runtime_ != OciRuntime::kRunsc;
     TRY(WriteOciBundle(bundle, spec, profile));
 
     bundle_phase.Stop();
@@ -331,14 +336,21 @@ class OciSandbox : public Sandbox {
     std::string pid_path = bundle + "/init.pid";
     std::vector<std::string> argv = RuntimePrefix(runtime_, config_);
     for (const std::string& arg : {std::string("run"), std::string("--bundle"), bundle,
-                                   std::string("--pid-file"), pid_path, id_}) {
+                                   std::string("--pid-file"), pid_path}) {
       argv.push_back(arg);
     }
+    // The runtime's own stdio then carries only the agent's diagnostics, into the log.
+    std::vector<int> runtime_fds = {agent_stdin.Get(), agent_stdout.Get(), log.Get()};
+    if (profile.agent_on_preserved_fds) {
+      argv.insert(argv.end(), {"--preserve-fds", "2"});
+      runtime_fds = {-1, log.Get(), log.Get(), agent_stdin.Get(), agent_stdout.Get()};
+    }
+    argv.push_back(id_);
     // Not die_with_parent: the owner supervises, and CleanupLeftovers handles its death.
     // No new session either: with scheduler autogroups it made every start ~10 ms slower
     // here; a terminal's SIGINT reaching the runtime is forwarded to the agent, which as
     // PID 1 ignores signals it has no handler for.
-    process_ = TRY(SpawnRuntime(argv, {agent_stdin.Get(), agent_stdout.Get(), log.Get()}));
+    process_ = TRY(SpawnRuntime(argv, runtime_fds));
     // Recorded for CleanupLeftovers: the runtime outlives a killed owner.
     if (auto start = ProcessStartTime(process_.pid())) {
       (void)WriteFileAtomic(bundle + "/runtime", FormatOwnerRecord({process_.pid(), *start}),

@@ -10,6 +10,7 @@
 #include <string>
 #include <string_view>
 
+#include "common/seccomp_filter.h"
 #include "common/unique_fd.h"
 
 namespace tartarus::runtime {
@@ -26,31 +27,7 @@ const std::vector<std::string>& AgentCapabilities() {
   return caps;
 }
 
-// CLONE_NEW* flags: clone() with any of them is denied, so nothing inside makes namespaces
-// (unshare and setns are denied outright). CLONE_NEWTIME (0x80) overlaps clone()'s exit
-// signal field and can only be asked for through clone3/unshare, both denied.
-constexpr uint64_t kCloneNewFlags[] = {
-    0x00020000,  // CLONE_NEWNS
-    0x02000000,  // CLONE_NEWCGROUP
-    0x04000000,  // CLONE_NEWUTS
-    0x08000000,  // CLONE_NEWIPC
-    0x10000000,  // CLONE_NEWUSER
-    0x20000000,  // CLONE_NEWPID
-    0x40000000,  // CLONE_NEWNET
-};
-
-// personality() flags that weaken the process (no ASLR, executable data, page 0). Bit 31
-// is in each mask so that the query personality(0xffffffff) still works.
-constexpr uint64_t kPersonalityDenyFlags[] = {
-    0x0040000,  // ADDR_NO_RANDOMIZE
-    0x0100000,  // MMAP_PAGE_ZERO
-    0x0200000,  // ADDR_COMPAT_LAYOUT
-    0x0400000,  // READ_IMPLIES_EXEC
-    0x0800000,  // ADDR_LIMIT_32BIT
-    0x8000000,  // ADDR_LIMIT_3GB
-};
-constexpr uint64_t kPersonalityQueryBit = 0x80000000;
-
+// The policy itself lives in common/seccomp_filter.h, shared with the guest agent.
 constexpr int kEperm = EPERM;
 constexpr int kEnosys = ENOSYS;
 
@@ -188,8 +165,8 @@ void SeccompProfile(JsonWriter& w) {
   // ENOSYS, not EPERM: libc then falls back to clone(), whose flags seccomp can see.
   w.Open('{').Key("names").StringArray({"clone3"});
   w.Key("action").String("SCMP_ACT_ERRNO").Key("errnoRet").Int(kEnosys).Close('}');
-  for (uint64_t flag : kCloneNewFlags) MaskedEqRule(w, "clone", flag, flag, kEperm);
-  for (uint64_t flag : kPersonalityDenyFlags) {
+  for (uint64_t flag : kDeniedCloneFlags) MaskedEqRule(w, "clone", flag, flag, kEperm);
+  for (uint64_t flag : kDeniedPersonalityFlags) {
     MaskedEqRule(w, "personality", flag | kPersonalityQueryBit, flag, kEperm);
   }
   w.Close(']').Close('}');
@@ -227,77 +204,11 @@ int64_t CpuQuotaUs(uint32_t millicpus) {
 }
 
 const std::vector<std::string>& DeniedSyscalls() {
-  static const std::vector<std::string> names = {
-      // Mounts and the namespaces/filesystems they lead to.
-      "mount",
-      "umount",
-      "umount2",
-      "pivot_root",
-      "mount_setattr",
-      "move_mount",
-      "open_tree",
-      "fsopen",
-      "fsconfig",
-      "fsmount",
-      "fspick",
-      "setns",
-      "unshare",
-      // The kernel itself: modules, kexec, reboot, swap, accounting, quotas, logs.
-      "kexec_load",
-      "kexec_file_load",
-      "init_module",
-      "finit_module",
-      "delete_module",
-      "create_module",
-      "get_kernel_syms",
-      "query_module",
-      "reboot",
-      "swapon",
-      "swapoff",
-      "acct",
-      "quotactl",
-      "quotactl_fd",
-      "syslog",
-      "lookup_dcookie",
-      "nfsservctl",
-      "_sysctl",
-      "sysfs",
-      "ustat",
-      "uselib",
-      // Large attack surfaces sandboxed code has no need for.
-      "bpf",
-      "perf_event_open",
-      "userfaultfd",
-      "keyctl",
-      "add_key",
-      "request_key",
-      "io_uring_setup",
-      "io_uring_enter",
-      "io_uring_register",
-      "fanotify_init",
-      // The host clock is shared.
-      "settimeofday",
-      "stime",
-      "clock_settime",
-      "clock_settime64",
-      "clock_adjtime",
-      "clock_adjtime64",
-      "adjtimex",
-      // File handles bypass the mount namespace.
-      "open_by_handle_at",
-      "name_to_handle_at",
-      // Hardware and legacy x86.
-      "iopl",
-      "ioperm",
-      "vm86",
-      "vm86old",
-      // Other processes' memory.
-      "ptrace",
-      "process_vm_readv",
-      "process_vm_writev",
-      "kcmp",
-      "pidfd_getfd",
-  };
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> list;
+    for (const DeniedSyscall& denied : DeniedSyscallTable()) list.emplace_back(denied.name);
+    return list;
+  }();
   return names;
 }
 
@@ -330,7 +241,18 @@ Result<std::string> OciConfigText(const SandboxSpec& spec, const std::string& ro
   w.Key("process").Open('{');
   w.Key("terminal").Bool(false);
   w.Key("user").Open('{').Key("uid").Int(0).Key("gid").Int(0).Close('}');
-  w.Key("args").StringArray({kAgentGuestPath, "--stdio"});
+  {
+    static const std::string fds =
+        std::to_string(kAgentPreservedFdIn) + "," + std::to_string(kAgentPreservedFdOut);
+    std::vector<std::string> args = {std::string(kAgentGuestPath)};
+    if (options.seccomp_in_agent) args.push_back("--seccomp");
+    if (options.agent_on_preserved_fds) {
+      args.insert(args.end(), {"--fds", fds});
+    } else {
+      args.push_back("--stdio");
+    }
+    w.Key("args").StringArray(args);
+  }
   w.Key("env").StringArray({kPath});
   w.Key("cwd").String("/");
   w.Key("capabilities").Open('{');
@@ -377,8 +299,10 @@ Result<std::string> OciConfigText(const SandboxSpec& spec, const std::string& ro
   w.Key("pids").Open('{').Key("limit");
   w.Int(static_cast<int64_t>(spec.limits.pids) + options.runtime_host_pids).Close('}');
   w.Close('}');
-  w.Key("seccomp");
-  SeccompProfile(w);
+  if (!options.seccomp_in_agent) {
+    w.Key("seccomp");
+    SeccompProfile(w);
+  }
   w.Key("maskedPaths")
       .StringArray({"/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys",
                     "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",

@@ -38,7 +38,19 @@ struct OciProfileOptions {
   // Host processes and threads the runtime itself puts in the sandbox's cgroup, added to
   // the pids limit. gVisor's sentry, gofer and ptrace stubs all count there.
   uint32_t runtime_host_pids = 0;
+  // The agent serves the protocol on fds 3 (in) and 4 (out), handed over with
+  // `--preserve-fds 2` (runc, crun), instead of on stdio, which runc relays through pipes
+  // of its own: every frame then costs two extra copies and a wake-up of runc.
+  bool agent_on_preserved_fds = false;
+  // The agent installs the seccomp filter itself (`--seccomp`, common/seccomp_filter.h)
+  // and config.json has none: runc would compile the OCI profile with libseccomp on every
+  // start, ~3 ms. runsc applies the OCI profile in its own kernel instead.
+  bool seccomp_in_agent = false;
 };
+
+// The fds the agent serves on with agent_on_preserved_fds, as the runtime numbers them.
+inline constexpr int kAgentPreservedFdIn = 3;
+inline constexpr int kAgentPreservedFdOut = 4;
 
 // The host pids gVisor needs next to the sandboxed processes (Go runtime threads of the
 // sentry and gofer, one ptrace stub per guest address space): measured, see runtime.md.

@@ -64,6 +64,16 @@ TEST(SandboxIdTest, RejectsEverythingElse) {
 TEST(OciConfigTest, ProcessRunsTheAgentWithThreeCapabilities) {
   json process = Config()["process"];
   EXPECT_EQ(process["args"], json({"/.tartarus/agent", "--stdio"}));
+  // With preserved fds the agent serves on 3 (in) and 4 (out).
+  EXPECT_EQ(Config(TestSpec(), {.agent_on_preserved_fds = true})["process"]["args"],
+            json({"/.tartarus/agent", "--fds", "3,4"}));
+  // With the filter in the agent, config.json has no seccomp profile for runc to compile.
+  json agent_filter =
+      Config(TestSpec(), {.agent_on_preserved_fds = true, .seccomp_in_agent = true});
+  EXPECT_EQ(agent_filter["process"]["args"],
+            json({"/.tartarus/agent", "--seccomp", "--fds", "3,4"}));
+  EXPECT_FALSE(agent_filter["linux"].contains("seccomp"));
+  EXPECT_TRUE(Config()["linux"].contains("seccomp"));
   EXPECT_EQ(process["terminal"], false);
   EXPECT_EQ(process["user"]["uid"], 0);
   EXPECT_EQ(process["user"]["gid"], 0);

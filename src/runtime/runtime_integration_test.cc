@@ -212,7 +212,11 @@ TEST_P(RuntimeIntegrationTest, IsolationProfile) {
   EXPECT_EQ(net.out, "lo\n");
   // The agent is PID 1 of its own pid namespace.
   auto init = agent.Run("tr '\\0' ' ' < /proc/1/cmdline");
-  EXPECT_EQ(init.out, std::string(kAgentGuestPath) + " --stdio ");
+  // runc and crun hand the agent its protocol fds with --preserve-fds; runsc cannot.
+  EXPECT_EQ(init.out, std::string(kAgentGuestPath) +
+                          (GetParam() == "gvisor" ? " --stdio " : " --seccomp --fds 3,4 "));
+  // ...and the commands it runs do not inherit them.
+  EXPECT_EQ(agent.Run("ls /proc/self/fd/3 /proc/self/fd/4 2>/dev/null | wc -l").out, "0\n");
   // Bounding set = CAP_SETGID (6), CAP_SETUID (7), CAP_SETPCAP (8).
   auto caps = agent.Run("grep -E '^Cap(Bnd|Inh|Amb)' /proc/self/status");
   EXPECT_NE(caps.out.find("CapBnd:\t00000000000001c0"), std::string::npos) << caps.out;

@@ -1,13 +1,16 @@
 // A stand-in guest agent for the Tartarus runtime's integration tests (test only, built
-// static): reads one shell command per stdin line, runs it with /bin/sh -c (stdout and
-// stderr both to our stdout), then prints "__EXIT__ <status>\n". Exits on EOF. As PID 1 it
-// also reaps orphans.
+// static): takes the real agent's arguments (its seccomp filter is the real one), reads one
+// shell command per line of its input (stdin, or fd IN of --fds), runs it with /bin/sh -c
+// (stdout and stderr both to its output), then prints "__EXIT__ <status>\n". Exits on EOF.
+// As PID 1 it also reaps orphans.
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstring>
 #include <string>
+
+#include "common/seccomp_filter.h"
 
 namespace {
 
@@ -36,8 +39,23 @@ void WriteAll(const std::string& text) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  (void)argc;
-  (void)argv;
+  // The real agent's arguments: `[--seccomp] --stdio` or `[--seccomp] --fds IN,OUT`.
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--seccomp") {
+      if (auto installed = tartarus::InstallSandboxSeccompFilter(); !installed) {
+        std::fprintf(stderr, "fake agent: %s\n", installed.error().message.c_str());
+        return 1;
+      }
+    } else if (arg == "--fds" && i + 1 < argc) {
+      int in = -1, out = -1;
+      if (std::sscanf(argv[++i], "%d,%d", &in, &out) != 2) return 2;
+      dup2(in, 0);
+      dup2(out, 1);
+      close(in);
+      close(out);
+    }
+  }
   std::string line;
   while (ReadLine(&line)) {
     // Orphans of earlier commands (reparented to us, PID 1) hold pids until reaped.
