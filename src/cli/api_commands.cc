@@ -467,27 +467,6 @@ Result<json> CreateSpecFromFlags(const RunFlags& flags) {
   return spec;
 }
 
-bool StdinHasData(int fd) {
-  if (fd < 0 || isatty(fd)) return false;
-  struct stat st;
-  if (fstat(fd, &st) != 0) return false;
-  if (S_ISREG(st.st_mode)) {
-    off_t offset = lseek(fd, 0, SEEK_CUR);
-    return st.st_size > (offset > 0 ? offset : 0);
-  }
-  if (!S_ISFIFO(st.st_mode) && !S_ISSOCK(st.st_mode)) return false;  // /dev/null and the like
-  struct pollfd p = {fd, POLLIN, 0};
-  if (poll(&p, 1, 0) <= 0 || !(p.revents & POLLIN)) return false;  // nothing yet, or hung up
-  char byte;
-  if (S_ISSOCK(st.st_mode)) return recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
-  // A pipe cannot be peeked: read one byte. Zero means the writer closed it empty.
-  int flags = fcntl(fd, F_GETFL);
-  if (flags >= 0) fcntl(fd, F_SETFL, flags | O_NONBLOCK);
-  ssize_t n = read(fd, &byte, 1);
-  if (flags >= 0) fcntl(fd, F_SETFL, flags);
-  return n > 0;
-}
-
 Result<std::string> PolicyNameOf(std::string_view yaml, const std::string& file) {
   try {
     YAML::Node root = YAML::Load(std::string(yaml));

@@ -26,11 +26,6 @@ struct ApiIo {
 // same parsers as local mode (so mistakes fail before a request), then sent as typed.
 Result<nlohmann::json> CreateSpecFromFlags(const RunFlags& flags);
 
-// True when `fd` (stdin) holds bytes we would have to forward: a non-empty regular file, or
-// a pipe or socket with data ready now. Never blocks; a terminal or /dev/null is false.
-// On a pipe it may consume a byte (only ever when the answer is true, and we then refuse).
-bool StdinHasData(int fd);
-
 // The `name:` of a policy document (policy apply FILE); errors name the file.
 Result<std::string> PolicyNameOf(std::string_view yaml, const std::string& file);
 

@@ -57,56 +57,6 @@ TEST(CreateSpecFromFlags, RejectsBadFlagsBeforeAnyRequest) {
   EXPECT_FALSE(CreateSpecFromFlags(env));
 }
 
-TEST(StdinHasData, PipeWithData) {
-  int p[2];
-  ASSERT_EQ(pipe(p), 0);
-  ASSERT_EQ(write(p[1], "x", 1), 1);
-  EXPECT_TRUE(StdinHasData(p[0]));
-  close(p[0]);
-  close(p[1]);
-}
-
-TEST(StdinHasData, EmptyPipeOpenOrClosedDoesNotBlock) {
-  int p[2];
-  ASSERT_EQ(pipe(p), 0);
-  EXPECT_FALSE(StdinHasData(p[0])) << "writer still open, nothing written";
-  close(p[1]);
-  EXPECT_FALSE(StdinHasData(p[0])) << "writer closed: empty";
-  close(p[0]);
-}
-
-TEST(StdinHasData, SocketIsPeekedNotConsumed) {
-  int s[2];
-  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, s), 0);
-  EXPECT_FALSE(StdinHasData(s[0]));
-  ASSERT_EQ(write(s[1], "y", 1), 1);
-  EXPECT_TRUE(StdinHasData(s[0]));
-  char c = 0;
-  EXPECT_EQ(read(s[0], &c, 1), 1);
-  EXPECT_EQ(c, 'y');
-  close(s[0]);
-  close(s[1]);
-}
-
-TEST(StdinHasData, FilesAndDevNull) {
-  int null_fd = open("/dev/null", O_RDONLY);
-  ASSERT_GE(null_fd, 0);
-  EXPECT_FALSE(StdinHasData(null_fd));
-  close(null_fd);
-  std::string path = ::testing::TempDir() + "/stdin-" + std::to_string(getpid());
-  int fd = open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC, 0600);
-  ASSERT_GE(fd, 0);
-  EXPECT_FALSE(StdinHasData(fd));
-  ASSERT_EQ(write(fd, "abc", 3), 3);
-  ASSERT_EQ(lseek(fd, 0, SEEK_SET), 0);
-  EXPECT_TRUE(StdinHasData(fd));
-  ASSERT_EQ(lseek(fd, 0, SEEK_END), 3);
-  EXPECT_FALSE(StdinHasData(fd)) << "already read to the end";
-  close(fd);
-  unlink(path.c_str());
-  EXPECT_FALSE(StdinHasData(-1));
-}
-
 TEST(PolicyNameOf, ReadsNameOrSaysWhatIsWrong) {
   EXPECT_EQ(*PolicyNameOf("name: acme-small\ntenant: acme\n", "p.yaml"), "acme-small");
   auto no_name = PolicyNameOf("tenant: acme\n", "p.yaml");

@@ -20,93 +20,16 @@
 #include <vector>
 
 #include "vmm/kvm.h"
+#include "vmm/vmm_process_test_util.h"
 
 namespace tartarus::vmm {
 namespace {
 
 using ::testing::HasSubstr;
 
-const std::string kBinary = TARTARUS_VMM_BINARY;
-std::string Guest(const std::string& name) {
-  return std::string(TARTARUS_VMM_GUEST_DIR) + "/" + name + ".elf";
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream file(path);
-  std::stringstream out;
-  out << file.rdbuf();
-  return out.str();
-}
-
-// A tartarus-vmm child process with its stdout and stderr in files of a temporary directory.
-class VmmProcess {
- public:
-  explicit VmmProcess(std::vector<std::string> args) {
-    char dir[] = "/tmp/vmm-apibin-XXXXXX";
-    dir_ = ::mkdtemp(dir) ? dir : "/tmp";
-    socket_ = dir_ + "/api.sock";
-    for (std::string& arg : args) {
-      if (arg == "@SOCK") arg = socket_;
-      if (arg.starts_with("@DIR")) arg = dir_ + arg.substr(4);
-    }
-    args.insert(args.begin(), kBinary);
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      int out = ::open((dir_ + "/stdout").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      int err = ::open((dir_ + "/stderr").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      ::dup2(out, 1);
-      ::dup2(err, 2);
-      std::vector<char*> argv;
-      for (std::string& arg : args) argv.push_back(arg.data());
-      argv.push_back(nullptr);
-      ::execv(argv[0], argv.data());
-      ::_exit(127);
-    }
-  }
-  ~VmmProcess() {
-    if (pid_ > 0 && !exited_) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, nullptr, 0);
-    }
-    std::filesystem::remove_all(dir_);
-  }
-  // Waits up to timeout for exit; the exit status, or -1.
-  int Wait(std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (std::chrono::steady_clock::now() < deadline) {
-      int status = 0;
-      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-        exited_ = true;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    return -1;
-  }
-  // Connects to the API socket, retrying while the VMM starts.
-  int Connect() {
-    for (int attempt = 0; attempt < 500; ++attempt) {
-      int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-      sockaddr_un address{};
-      address.sun_family = AF_UNIX;
-      std::strncpy(address.sun_path, socket_.c_str(), sizeof(address.sun_path) - 1);
-      if (::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0) return fd;
-      ::close(fd);
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    return -1;
-  }
-  const std::string& dir() const { return dir_; }
-  const std::string& socket() const { return socket_; }
-  std::string Stdout() const { return ReadFile(dir_ + "/stdout"); }
-  std::string Stderr() const { return ReadFile(dir_ + "/stderr"); }
-
- private:
-  std::string dir_;
-  std::string socket_;
-  pid_t pid_ = -1;
-  bool exited_ = false;
-};
+using test_util::Guest;
+using test_util::ReadFile;
+using test_util::VmmProcess;
 
 // One HTTP exchange on a connection: the raw response (status line, headers, body).
 std::string Exchange(int fd, const std::string& request) {

@@ -24,6 +24,7 @@
 #include "vmm/snapshot/devices.h"
 #include "vmm/snapshot/vstate.h"
 #include "vmm/vmm.h"
+#include "vmm/vmm_process_test_util.h"
 
 namespace tartarus::vmm::snapshot {
 namespace {
@@ -31,104 +32,16 @@ namespace {
 using ::testing::HasSubstr;
 using ::testing::Not;
 
-const std::string kBinary = TARTARUS_VMM_BINARY;
+using vmm::test_util::Guest;
+using vmm::test_util::ReadFile;
+using vmm::test_util::VmmProcess;
+
 const std::string kCounterGuest = TARTARUS_SNAPSHOT_GUEST;
 const std::string kBlkGuest = TARTARUS_SNAPSHOT_BLK_GUEST;
-std::string Guest(const std::string& name) {
-  return std::string(TARTARUS_VMM_GUEST_DIR) + "/" + name + ".elf";
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream file(path);
-  std::stringstream out;
-  out << file.rdbuf();
-  return out.str();
-}
 
 void WriteFile(const std::string& path, const std::string& bytes) {
   std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
 }
-
-// A tartarus-vmm child process with its stdout and stderr in files of a temporary directory.
-class VmmProcess {
- public:
-  explicit VmmProcess(std::vector<std::string> args) {
-    char dir[] = "/tmp/vmm-snapapi-XXXXXX";
-    dir_ = ::mkdtemp(dir) ? dir : "/tmp";
-    socket_ = dir_ + "/api.sock";
-    for (std::string& arg : args) {
-      if (arg == "@SOCK") arg = socket_;
-    }
-    args.insert(args.begin(), kBinary);
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      int out = ::open((dir_ + "/stdout").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      int err = ::open((dir_ + "/stderr").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      ::dup2(out, 1);
-      ::dup2(err, 2);
-      std::vector<char*> argv;
-      for (std::string& arg : args) argv.push_back(arg.data());
-      argv.push_back(nullptr);
-      ::execv(argv[0], argv.data());
-      ::_exit(127);
-    }
-  }
-  ~VmmProcess() {
-    Kill();
-    std::filesystem::remove_all(dir_);
-  }
-  void Kill() {
-    if (pid_ > 0 && !exited_) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, nullptr, 0);
-      exited_ = true;
-    }
-  }
-  bool Running() {
-    int status = 0;
-    if (!exited_ && ::waitpid(pid_, &status, WNOHANG) == pid_) exited_ = true;
-    return !exited_;
-  }
-  // One request on a fresh connection (retried while the VMM starts): the raw response.
-  std::string Send(const std::string& method, const std::string& path, const std::string& body) {
-    int fd = Connect();
-    if (fd < 0) return "connect failed";
-    std::string request = method + " " + path + " HTTP/1.1\r\nHost: localhost\r\n";
-    if (!body.empty()) request += "Content-Length: " + std::to_string(body.size()) + "\r\n";
-    request += "Connection: close\r\n\r\n" + body;
-    std::string response;
-    if (::send(fd, request.data(), request.size(), MSG_NOSIGNAL) >= 0) {
-      char buffer[4096];
-      ssize_t n;
-      while ((n = ::recv(fd, buffer, sizeof(buffer), 0)) > 0) {
-        response.append(buffer, static_cast<size_t>(n));
-      }
-    }
-    ::close(fd);
-    return response;
-  }
-  std::string Stdout() const { return ReadFile(dir_ + "/stdout"); }
-  std::string Stderr() const { return ReadFile(dir_ + "/stderr"); }
-
- private:
-  int Connect() {
-    for (int attempt = 0; attempt < 500; ++attempt) {
-      int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-      sockaddr_un address{};
-      address.sun_family = AF_UNIX;
-      std::strncpy(address.sun_path, socket_.c_str(), sizeof(address.sun_path) - 1);
-      if (::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0) return fd;
-      ::close(fd);
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    return -1;
-  }
-
-  std::string dir_;
-  std::string socket_;
-  pid_t pid_ = -1;
-  bool exited_ = false;
-};
 
 constexpr std::string_view kNoContent = " 204 ";
 
