@@ -137,12 +137,14 @@ Result<std::unique_ptr<AgentClient>> AgentClient::Connect(UniqueFd from_agent, U
   TRY(client->SendHello());
   client->handshake_timeout_ = options.handshake_timeout;
   client->handshake_deadline_ = std::chrono::steady_clock::now() + options.handshake_timeout;
-  if (options.wait_for_ready) TRY(client->Handshake());
+  // The reader thread does the handshake either way; a failed one ends the connection, and
+  // the client's destructor then joins the reader.
   client->reader_ = std::thread([c = client.get()] { c->ReaderLoop(); });
   {
     std::lock_guard lock(client->mutex_);
     client->reader_id_ = client->reader_.get_id();
   }
+  if (options.wait_for_ready) TRY(client->WaitReady());
   return client;
 }
 
@@ -190,36 +192,6 @@ Status AgentClient::OnHandshakeFrame(const Frame& frame) {
                                         " instead of Ready during handshake");
 }
 
-Status AgentClient::Handshake() {
-  std::string buffer(kReadBytes, '\0');
-  for (;;) {
-    DecodeEvent event = decoder_.Next();
-    switch (event.kind) {
-      case DecodeEvent::Kind::kNeedMore:
-        break;
-      case DecodeEvent::Kind::kBadFrame:
-      case DecodeEvent::Kind::kFatal:
-        return Fail(ErrorCode::kProtocol,
-                    "guest agent sent garbage during handshake: " + event.error);
-      case DecodeEvent::Kind::kFrame:
-        return OnHandshakeFrame(event.frame);
-    }
-    auto now = std::chrono::steady_clock::now();
-    if (now >= handshake_deadline_) return Fail(HandshakeTimeoutError());
-    pollfd p{from_agent_.Get(), POLLIN, 0};
-    int ms = static_cast<int>(
-        std::chrono::ceil<std::chrono::milliseconds>(handshake_deadline_ - now).count());
-    int ready = poll(&p, 1, ms);
-    if (ready < 0 && errno != EINTR) return FailErrno("poll");
-    if (ready <= 0) continue;
-    ssize_t n = read(from_agent_.Get(), buffer.data(), buffer.size());
-    if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
-    if (n < 0) return FailErrno("reading from the guest agent during handshake");
-    if (n == 0) return Fail(HandshakeClosedError());
-    decoder_.Feed(std::string_view(buffer.data(), static_cast<size_t>(n)));
-  }
-}
-
 Status AgentClient::WaitReady() {
   std::unique_lock lock(mutex_);
   ready_changed_.wait(lock, [&] { return ready_ || lost_; });
@@ -261,11 +233,8 @@ Error AgentClient::LostError() const {
 
 void AgentClient::ReaderLoop() {
   std::string buffer(kReadBytes, '\0');
-  // Set by Connect (wait_for_ready) or by the first frame below; only this thread writes it
-  // from here on.
-  bool ready = ready_;
-  // The handshake is dispatched before the first frame of this loop: finish it here, with
-  // its deadline, when Connect did not.
+  // Until the agent answered Hello, frames go to the handshake, with its deadline.
+  bool ready = false;
   for (;;) {
     if (!ready) {
       // Frames already buffered (Ready and the replies that follow it) come first.

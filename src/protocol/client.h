@@ -84,9 +84,9 @@ class AgentClient {
     bool wait_for_ready = true;
   };
 
-  // Sends Hello, performs the Hello/Ready handshake (unless options.wait_for_ready is
-  // false) and starts the reader thread. Fails with a clear message on version mismatch,
-  // end of stream or garbage.
+  // Sends Hello and starts the reader thread, which does the Hello/Ready handshake; waits
+  // for it unless options.wait_for_ready is false. Fails with a clear message on version
+  // mismatch, end of stream, garbage or the timeout.
   static Result<std::unique_ptr<AgentClient>> Connect(UniqueFd from_agent, UniqueFd to_agent,
                                                       Options options);
   static Result<std::unique_ptr<AgentClient>> Connect(UniqueFd from_agent, UniqueFd to_agent) {
@@ -156,8 +156,6 @@ class AgentClient {
 
   AgentClient(UniqueFd from_agent, UniqueFd to_agent);
   Status SendHello();
-  // Reads until Ready (the synchronous handshake of Connect).
-  Status Handshake();
   // Checks the agent's answer to Hello; on success records its version and sets ready_.
   Status OnHandshakeFrame(const Frame& frame);
   static Error HandshakeClosedError();
@@ -176,7 +174,7 @@ class AgentClient {
 
   UniqueFd from_agent_;
   UniqueFd to_agent_;
-  FrameDecoder decoder_;  // owned by the handshake, then by the reader thread
+  FrameDecoder decoder_;  // the reader thread's
   std::string agent_version_;
   uint32_t protocol_version_ = 0;
   std::chrono::milliseconds handshake_timeout_{0};
