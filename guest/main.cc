@@ -7,13 +7,20 @@
 //   --seccomp (before the mode)    first install the sandbox's seccomp filter on itself, so
 //                                  that every command inherits it (common/seccomp_filter.h)
 //   tartarus-agent --listen PATH   serve it on a Unix socket, one connection at a time
+//   tartarus-agent --vsock PORT    serve it on AF_VSOCK (any CID, PORT), one connection at a time
+//   tartarus-agent --init          PID 1 of a microVM's initramfs: mount the sandbox root from
+//                                  the kernel command line's tartarus.* keys (guest/init.h),
+//                                  then serve on vsock; reboots the VM when done. Also chosen
+//                                  when started as PID 1 without arguments.
 //
 // Diagnostics go to stderr.
 #include <fcntl.h>
 #include <linux/capability.h>
+#include <linux/vm_sockets.h>
 #include <signal.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/reboot.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -28,6 +35,7 @@
 #include "common/seccomp_filter.h"
 #include "guest/agent.h"
 #include "guest/child.h"
+#include "guest/init.h"
 
 #ifndef TARTARUS_VERSION
 #define TARTARUS_VERSION "dev"
@@ -123,6 +131,22 @@ int ServeFds(int in, int out) {
   return ExitCodeFor(agent.Serve(in, out));
 }
 
+// Serves one connection at a time until the host asks for shutdown.
+int ServeListener(int listener) {
+  for (;;) {
+    UniqueFd conn(accept4(listener, nullptr, nullptr, SOCK_CLOEXEC));
+    if (!conn) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      Log(std::string("accept: ") + std::strerror(errno));
+      return 1;
+    }
+    // Each connection starts clean: Serve kills what the previous one started.
+    Agent agent(TARTARUS_VERSION);
+    Agent::End end = agent.Serve(conn.Get(), conn.Get());
+    if (end == Agent::End::kShutdown) return 0;
+  }
+}
+
 int ServeSocket(const std::string& path) {
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
@@ -142,18 +166,44 @@ int ServeSocket(const std::string& path) {
     Log("listen on " + path + ": " + std::strerror(errno));
     return 1;
   }
-  for (;;) {
-    UniqueFd conn(accept4(listener.Get(), nullptr, nullptr, SOCK_CLOEXEC));
-    if (!conn) {
-      if (errno == EINTR || errno == ECONNABORTED) continue;
-      Log(std::string("accept: ") + std::strerror(errno));
-      return 1;
-    }
-    // Each connection starts clean: Serve kills what the previous one started.
-    Agent agent(TARTARUS_VERSION);
-    Agent::End end = agent.Serve(conn.Get(), conn.Get());
-    if (end == Agent::End::kShutdown) return 0;
+  return ServeListener(listener.Get());
+}
+
+int ServeVsock(uint32_t port) {
+  UniqueFd listener(socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!listener) {
+    Log(std::string("vsock socket: ") + std::strerror(errno));
+    return 1;
   }
+  sockaddr_vm addr{};
+  addr.svm_family = AF_VSOCK;
+  addr.svm_cid = VMADDR_CID_ANY;
+  addr.svm_port = port;
+  if (bind(listener.Get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0 ||
+      listen(listener.Get(), 4) < 0) {
+    Log("listen on vsock port " + std::to_string(port) + ": " + std::strerror(errno));
+    return 1;
+  }
+  return ServeListener(listener.Get());
+}
+
+// PID 1 must not exit (the kernel panics); a reboot ends the VM, and tartarus-vmm reports
+// the guest's i8042 reset (reboot=k) as a clean stop.
+[[noreturn]] void EndVm() {
+  sync();
+  reboot(RB_AUTOBOOT);
+  for (;;) pause();
+}
+
+int RunAsInit() {
+  auto options = RunInit();
+  if (!options) {
+    Log("boot failed: " + options.error().message);
+    EndVm();
+  }
+  int code = ServeVsock(options->vsock_port);
+  if (code != 0) Log("vsock serving ended with " + std::to_string(code));
+  EndVm();
 }
 
 int Main(int argc, char** argv) {
@@ -162,15 +212,25 @@ int Main(int argc, char** argv) {
     --argc;
     ++argv;
   }
-  std::string_view mode = argc >= 2 ? argv[1] : "";
+  // The kernel starts an initramfs's /init with what follows `--` on its command line, after
+  // any words it did not know: as PID 1, `--init` anywhere (or nothing at all) means init.
+  bool init_args = argc == 1;
+  for (int i = 1; i < argc; ++i) init_args = init_args || std::string_view(argv[i]) == "--init";
+  std::string_view mode = getpid() == 1 && init_args ? "--init" : argc >= 2 ? argv[1] : "";
   int fd_in = -1, fd_out = -1;
+  uint32_t vsock_port = 0;
   bool usage_ok = (mode == "--stdio" && argc == 2) || (mode == "--listen" && argc == 3) ||
-                  (mode == "--fds" && argc == 3 && ParseFdPair(argv[2], fd_in, fd_out));
+                  (mode == "--fds" && argc == 3 && ParseFdPair(argv[2], fd_in, fd_out)) ||
+                  (mode == "--vsock" && argc == 3 && ParseVsockPort(argv[2]).has_value()) ||
+                  (mode == "--init" && !seccomp && getpid() == 1);
   if (!usage_ok) {
     std::fprintf(stderr,
-                 "usage: tartarus-agent [--seccomp] --stdio | --fds IN,OUT | --listen PATH\n");
+                 "usage: tartarus-agent [--seccomp] --stdio | --fds IN,OUT | --listen PATH | "
+                 "--vsock PORT\n"
+                 "       tartarus-agent --init   (as PID 1 of a microVM only)\n");
     return 2;
   }
+  if (mode == "--vsock") vsock_port = *ParseVsockPort(argv[2]);
   EnsureStdFds();
   // SIGCHLD arrives through a signalfd; a host that vanishes shows up as EPIPE.
   sigset_t mask;
@@ -182,6 +242,8 @@ int Main(int argc, char** argv) {
   if (getpid() != 1) prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
   // Modes in FileWriteOpen and Mkdir are applied exactly.
   umask(0);
+  // Before MountBasics: init mounts /proc, /sys and /dev into the sandbox root itself.
+  if (mode == "--init") return RunAsInit();
   MountBasics();
   // Fail closed: a sandbox without its filter must not run anything.
   if (seccomp) {
@@ -192,6 +254,7 @@ int Main(int argc, char** argv) {
   }
   if (mode == "--stdio") return ServeStdio();
   if (mode == "--fds") return ServeFds(fd_in, fd_out);
+  if (mode == "--vsock") return ServeVsock(vsock_port);
   return ServeSocket(argv[2]);
 }
 

@@ -16,7 +16,7 @@ packages=(
   # tests and benchmarks
   iproute2 procps util-linux bubblewrap hyperfine
   # tartarus-vmm: test guests are assembled with binutils; iasl checks generated ACPI tables
-  binutils acpica-tools
+  binutils acpica-tools cpio
   # control-plane store tests (a throwaway PostgreSQL cluster)
   postgresql
 )

@@ -10,6 +10,8 @@
 #include <cstddef>
 #include <string>
 
+#include "common/bpf_assembler.h"
+
 namespace tartarus {
 namespace {
 
@@ -88,49 +90,6 @@ constexpr DeniedSyscall kDenied[] = {
 // Syscall numbers with this bit set are the x32 ABI.
 constexpr uint32_t kX32SyscallBit = 0x40000000;
 
-// Where a jump goes: the next instruction or one of the shared tails.
-enum Target : int { kNext = -1, kAllow, kEperm, kEnosys, kCloneCheck, kPersonalityCheck, kTargets };
-
-// A tiny assembler: jumps name targets, resolved to 8-bit offsets once the layout is known.
-class Assembler {
- public:
-  void Bind(Target target) { bound_[target] = static_cast<int>(code_.size()); }
-  void Load(uint32_t offset) { Emit(BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offset), kNext, kNext); }
-  void Return(uint32_t value) { Emit(BPF_STMT(BPF_RET | BPF_K, value), kNext, kNext); }
-  void Jump(uint16_t op, uint32_t k, Target if_true, Target if_false) {
-    Emit(BPF_JUMP(BPF_JMP | op | BPF_K, k, 0, 0), if_true, if_false);
-  }
-
-  Result<std::vector<sock_filter>> Finish() {
-    for (size_t i = 0; i < code_.size(); ++i) {
-      const std::pair<Target, uint8_t*> jumps[] = {{true_[i], &code_[i].jt},
-                                                   {false_[i], &code_[i].jf}};
-      for (auto [target, field] : jumps) {
-        if (target == kNext) continue;
-        int offset = bound_[target] - static_cast<int>(i) - 1;
-        if (bound_[target] < 0 || offset < 0 || offset > 255) {
-          return Fail(ErrorCode::kInternal,
-                      "seccomp filter: jump " + std::to_string(i) + " out of range");
-        }
-        *field = static_cast<uint8_t>(offset);
-      }
-    }
-    if (code_.size() > BPF_MAXINSNS) return Fail(ErrorCode::kInternal, "seccomp filter too long");
-    return code_;
-  }
-
- private:
-  void Emit(sock_filter instruction, Target if_true, Target if_false) {
-    code_.push_back(instruction);
-    true_.push_back(if_true);
-    false_.push_back(if_false);
-  }
-
-  std::vector<sock_filter> code_;
-  std::vector<Target> true_, false_;
-  std::array<int, kTargets> bound_ = {-1, -1, -1, -1, -1};
-};
-
 template <size_t N>
 constexpr uint32_t Mask(const uint64_t (&flags)[N]) {
   uint64_t mask = 0;
@@ -147,7 +106,10 @@ std::span<const DeniedSyscall> DeniedSyscallTable() { return kDenied; }
 
 Result<std::vector<sock_filter>> BuildSandboxSeccompFilter() {
   static_assert(Mask(kDeniedCloneFlags) != 0 && Mask(kDeniedPersonalityFlags) != 0);
-  Assembler a;
+  BpfAssembler a;
+  constexpr auto kNext = BpfAssembler::kNext;
+  const auto kAllow = a.NewLabel(), kEperm = a.NewLabel(), kEnosys = a.NewLabel(),
+             kCloneCheck = a.NewLabel(), kPersonalityCheck = a.NewLabel();
   a.Load(offsetof(seccomp_data, arch));
   a.Jump(BPF_JEQ, AUDIT_ARCH_X86_64, kNext, kEnosys);
   a.Load(offsetof(seccomp_data, nr));

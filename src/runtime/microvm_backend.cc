@@ -1,17 +1,48 @@
+// The microvm backend (Tartarus runtime): see microvm_backend.h.
 #include "runtime/microvm_backend.h"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <iterator>
+#include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
+#include <thread>
+#include <vector>
 
-#include "common/unique_fd.h"
+#include "common/file_util.h"
+#include "common/subprocess.h"
+#include "runtime/oci_backend.h"
+#include "runtime/oci_bundle.h"
+#include "runtime/owner.h"
+#include "template/ext4_image.h"
 
 namespace tartarus::runtime {
 namespace {
+
+using std::chrono::milliseconds;
+
+constexpr uint64_t kMiB = 1 << 20;
+// A cold boot of the cloud kernel is well under a second on hardware virtualization; the
+// rest is slack for loaded hosts.
+constexpr milliseconds kBootTimeout{30000};
+// The VMM answers a CONNECT within 2 s (OK, or closing when nobody listens).
+constexpr milliseconds kConnectAttemptTimeout{3000};
+constexpr milliseconds kRetryInterval{20};
+constexpr milliseconds kExitTimeout{5000};
+constexpr size_t kLogTailBytes = 2048;
+constexpr const char* kVsockFile = "vsock.sock";
 
 std::string SelfDir() {
   char buf[4096];
@@ -20,6 +51,234 @@ std::string SelfDir() {
   std::string path(buf, static_cast<size_t>(n));
   return path.substr(0, path.rfind('/'));
 }
+
+bool ValidHostname(std::string_view name) {
+  if (name.empty() || name.size() > 64) return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '-';
+  });
+}
+
+std::vector<std::string> ListDir(const std::string& path) {
+  std::vector<std::string> names;
+  DIR* dir = opendir(path.c_str());
+  if (!dir) return names;
+  while (dirent* entry = readdir(dir)) {
+    std::string name = entry->d_name;
+    if (name != "." && name != "..") names.push_back(name);
+  }
+  closedir(dir);
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+std::string LogTail(const std::string& path) {
+  UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return "";
+  off_t size = lseek(fd.Get(), 0, SEEK_END);
+  off_t start = size > static_cast<off_t>(kLogTailBytes) ? size - kLogTailBytes : 0;
+  std::string text(static_cast<size_t>(size - start), '\0');
+  ssize_t n = pread(fd.Get(), text.data(), text.size(), start);
+  text.resize(n > 0 ? static_cast<size_t>(n) : 0);
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+  return text;
+}
+
+// A sockaddr_un for `path`; a path too long for sun_path is reached through
+// /proc/self/fd/<dir fd>/<name> instead (sandbox ids make the absolute path long).
+Result<sockaddr_un> UnixAddress(const std::string& path) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof addr.sun_path) {
+    return Fail(ErrorCode::kInvalidArgument, "unix socket path too long: " + path);
+  }
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  return addr;
+}
+
+// Waits for `fd` to be readable (or writable) until `deadline`; false on timeout.
+bool WaitFd(int fd, short events, std::chrono::steady_clock::time_point deadline) {
+  while (true) {
+    auto left =
+        std::chrono::duration_cast<milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return false;
+    pollfd p{fd, events, 0};
+    int ready = poll(&p, 1, static_cast<int>(left.count()));
+    if (ready > 0) return true;
+    if (ready < 0 && errno != EINTR) return false;
+  }
+}
+
+// CPU time and memory of the VMM process: the whole VM from the host's side.
+Result<Usage> ProcessUsage(pid_t pid) {
+  Usage usage;
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+  size_t paren = text.rfind(')');
+  if (paren == std::string::npos) {
+    return Fail(ErrorCode::kNotFound, "tartarus-vmm (pid " + std::to_string(pid) + ") is gone");
+  }
+  std::istringstream fields(text.substr(paren + 2));
+  std::string field;
+  // After the command: state is field 3; utime and stime are fields 14 and 15.
+  uint64_t utime = 0, stime = 0;
+  for (int index = 3; index <= 15 && fields >> field; ++index) {
+    if (index == 14) utime = std::strtoull(field.c_str(), nullptr, 10);
+    if (index == 15) stime = std::strtoull(field.c_str(), nullptr, 10);
+  }
+  long ticks = sysconf(_SC_CLK_TCK);
+  if (ticks > 0) usage.cpu_ns = (utime + stime) * (1000000000ull / static_cast<uint64_t>(ticks));
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(status, line);) {
+    auto kib = [&](std::string_view key) -> std::optional<uint64_t> {
+      if (line.rfind(key, 0) != 0) return std::nullopt;
+      return std::strtoull(line.c_str() + key.size(), nullptr, 10) * 1024;
+    };
+    if (auto rss = kib("VmRSS:")) usage.memory_current_bytes = *rss;
+    if (auto peak = kib("VmHWM:")) usage.memory_peak_bytes = *peak;
+  }
+  usage.pids_current = 1;
+  return usage;
+}
+
+class MicrovmSandbox final : public Sandbox {
+ public:
+  MicrovmSandbox(RuntimeConfig config, std::string id)
+      : config_(std::move(config)), id_(std::move(id)), dir_(SandboxDir(config_, id_)) {}
+  ~MicrovmSandbox() override { (void)Destroy(); }
+
+  const std::string& Id() const override { return id_; }
+  UniqueFd TakeFromAgent() override { return std::move(from_agent_); }
+  UniqueFd TakeToAgent() override { return std::move(to_agent_); }
+  Result<Usage> GetUsage() override {
+    if (process_.pid() <= 0) return Fail(ErrorCode::kFailedPrecondition, "sandbox not started");
+    return ProcessUsage(process_.pid());
+  }
+  // Start() returns only once the agent answered on vsock.
+  Status WaitStarted() override { return Ok(); }
+
+  Status Destroy() override {
+    if (destroyed_) return Ok();
+    if (!created_dir_) {
+      destroyed_ = true;  // the dir belongs to another sandbox with this id
+      return Ok();
+    }
+    from_agent_.Reset();
+    to_agent_.Reset();
+    if (process_.pid() > 0) {
+      // The VM is one process: killing it ends every guest process at once.
+      process_.Signal(SIGKILL);
+      (void)process_.WaitFor(kExitTimeout);
+      process_ = Subprocess();
+    }
+    for (const char* file : {"owner", "runtime", "runtime.log", "vm.json", kVsockFile}) {
+      std::string path = dir_ + "/" + file;
+      if (unlink(path.c_str()) < 0 && errno != ENOENT) {
+        return Fail(ErrnoError("unlink " + path).Context("destroying sandbox " + id_));
+      }
+    }
+    if (rmdir(dir_.c_str()) < 0 && errno != ENOENT) {
+      return Fail(ErrnoError("rmdir " + dir_).Context("destroying sandbox " + id_));
+    }
+    destroyed_ = true;
+    return Ok();
+  }
+
+  Status Start(const SandboxSpec& spec) {
+    GuestImages images = TRY(FindGuestImages(MicrovmStateDir(config_)));
+    TRY(CheckInitramfsHasAgent(images, spec.agent_path));
+    std::string image = TRY(templates::EnsureExt4Image(spec.rootfs));
+    if (mkdir(dir_.c_str(), 0700) < 0) {
+      if (errno == EEXIST) {
+        return Fail(ErrorCode::kAlreadyExists, "sandbox " + id_ + " already exists");
+      }
+      return FailErrno("mkdir " + dir_);
+    }
+    created_dir_ = true;
+    auto owner = TRY(CurrentProcessOwner());
+    TRY(WriteFileAtomic(dir_ + "/owner", FormatOwnerRecord(owner), Durability::kNoFsync, 0600));
+    MicrovmLaunch launch = TRY(MakeMicrovmLaunch(spec, images, image, kVsockFile));
+    std::string config_path = dir_ + "/vm.json";
+    TRY(WriteFileAtomic(config_path, MicrovmConfigJson(launch), Durability::kNoFsync, 0600));
+
+    std::string log_path = dir_ + "/runtime.log";
+    UniqueFd log(open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+    if (!log) return FailErrno("creating " + log_path);
+    // The VMM runs in the sandbox dir, so the vsock socket's path is short whatever the id.
+    process_ = TRY(Spawn({.argv = {SelfDir() + "/tartarus-vmm", "--config-file", config_path},
+                          .cwd = dir_,
+                          .fds = {{0, -1}, {1, log.Get()}, {2, log.Get()}}}));
+    // Recorded for CleanupLeftovers: the VMM outlives a killed owner.
+    if (auto start = ProcessStartTime(process_.pid())) {
+      (void)WriteFileAtomic(dir_ + "/runtime", FormatOwnerRecord({process_.pid(), *start}),
+                            Durability::kNoFsync, 0600);
+    }
+    UniqueFd stream = TRY(ConnectToAgent(log_path));
+    UniqueFd second(fcntl(stream.Get(), F_DUPFD_CLOEXEC, 3));
+    if (!second) return FailErrno("dup vsock stream");
+    from_agent_ = std::move(stream);
+    to_agent_ = std::move(second);
+    return Ok();
+  }
+
+ private:
+  // The agent inside the initramfs answers the host's Hello with its version: an older
+  // build than the host's agent would be refused there, with a less helpful message.
+  static Status CheckInitramfsHasAgent(const GuestImages& images, const std::string& agent) {
+    struct stat agent_stat, initramfs_stat;
+    if (agent.empty() || stat(agent.c_str(), &agent_stat) < 0) return Ok();
+    if (stat(images.initramfs.c_str(), &initramfs_stat) < 0) {
+      return FailErrno("stat " + images.initramfs);
+    }
+    if (agent_stat.st_mtime > initramfs_stat.st_mtime) {
+      return Fail(ErrorCode::kFailedPrecondition,
+                  images.initramfs + " is older than the agent " + agent +
+                      ": rebuild it with `scripts/build-guest-initramfs.sh --agent " + agent + "`");
+    }
+    return Ok();
+  }
+
+  // Retries the hybrid vsock handshake while the guest boots; a VMM that exits ends it.
+  Result<UniqueFd> ConnectToAgent(const std::string& log_path) {
+    std::string uds = dir_ + "/" + kVsockFile;
+    UniqueFd dir_fd;
+    if (uds.size() >= sizeof(sockaddr_un::sun_path)) {
+      dir_fd.Reset(open(dir_.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+      if (!dir_fd) return FailErrno("open " + dir_);
+      uds = "/proc/self/fd/" + std::to_string(dir_fd.Get()) + "/" + kVsockFile;
+    }
+    auto deadline = std::chrono::steady_clock::now() + kBootTimeout;
+    Error last{ErrorCode::kTimeout, "no attempt"};
+    while (std::chrono::steady_clock::now() < deadline) {
+      auto exited = TRY(process_.TryWait());
+      if (exited) {
+        process_ = Subprocess();
+        return Fail(ErrorCode::kFailedPrecondition,
+                    "tartarus-vmm exited before the guest agent answered (" + exited->Describe() +
+                        "): " + LogTail(log_path));
+      }
+      auto stream = ConnectHybridVsock(uds, kAgentVsockPort, kConnectAttemptTimeout);
+      if (stream) return stream;
+      if (stream.error().code != ErrorCode::kNotFound) return Fail(stream.error());
+      last = stream.error();
+      std::this_thread::sleep_for(kRetryInterval);
+    }
+    return Fail(ErrorCode::kTimeout, "the guest agent did not answer on vsock port " +
+                                         std::to_string(kAgentVsockPort) + " within " +
+                                         std::to_string(kBootTimeout.count() / 1000) + " s (" +
+                                         last.message + "): " + LogTail(log_path));
+  }
+
+  RuntimeConfig config_;
+  std::string id_;
+  std::string dir_;
+  Subprocess process_;
+  UniqueFd from_agent_;
+  UniqueFd to_agent_;
+  bool created_dir_ = false;
+  bool destroyed_ = false;
+};
 
 class MicrovmBackend final : public Backend {
  public:
@@ -36,15 +295,19 @@ class MicrovmBackend final : public Backend {
       return Fail(ErrorCode::kFailedPrecondition,
                   "the microvm backend needs tartarus-vmm next to tartarus (" + vmm + ")");
     }
-    return Fail(ErrorCode::kFailedPrecondition,
-                "the microvm backend cannot start sandboxes yet: its guest side (a kernel from "
-                "scripts/fetch-guest-kernel.sh, an initramfs with the agent and templates as ext4 "
-                "images) is still being built (docs/vmm.md); use --runtime gvisor meanwhile");
+    TRY(FindGuestImages(MicrovmStateDir(config_)));
+    return Ok();
   }
 
-  Result<std::unique_ptr<Sandbox>> Start(const SandboxSpec&) override {
+  Result<std::unique_ptr<Sandbox>> Start(const SandboxSpec& spec) override {
+    TRY(ValidateSandboxId(spec.id));
     TRY(CheckAvailable());
-    return Fail(ErrorCode::kFailedPrecondition, "the microvm backend is not available");
+    auto sandbox = std::make_unique<MicrovmSandbox>(config_, spec.id);
+    if (auto started = sandbox->Start(spec); !started) {
+      (void)sandbox->Destroy();
+      return Fail(started.error().Context("starting microVM " + spec.id));
+    }
+    return std::unique_ptr<Sandbox>(std::move(sandbox));
   }
 
  private:
@@ -83,6 +346,131 @@ std::string MicrovmUnavailableReason(const KvmHostFacts& facts) {
            "boot in useful time; use --runtime gvisor or container here (docs/vmm.md)";
   }
   return "";
+}
+
+std::string MicrovmStateDir(const RuntimeConfig& config) { return config.state_dir + "/vmm"; }
+
+Result<GuestImages> FindGuestImages(const std::string& vmm_dir) {
+  std::string kernel_dir = vmm_dir + "/kernel";
+  // Newest release first: "linux-image-6.1.0-56-cloud-amd64" sorts by name within a series.
+  std::vector<std::string> packages = ListDir(kernel_dir);
+  std::reverse(packages.begin(), packages.end());
+  std::vector<std::string> releases_without_initramfs;
+  for (const std::string& package : packages) {
+    const std::string prefix = "linux-image-";
+    if (package.rfind(prefix, 0) != 0) continue;
+    std::string release = package.substr(prefix.size());
+    GuestImages images{.release = release,
+                       .kernel = kernel_dir + "/" + package + "/boot/vmlinuz-" + release,
+                       .initramfs = vmm_dir + "/initramfs-" + release + ".cpio.gz"};
+    if (access(images.kernel.c_str(), R_OK) != 0) continue;
+    if (access(images.initramfs.c_str(), R_OK) != 0) {
+      releases_without_initramfs.push_back(release);
+      continue;
+    }
+    return images;
+  }
+  if (releases_without_initramfs.empty()) {
+    return Fail(ErrorCode::kFailedPrecondition,
+                "the microvm backend needs a guest kernel: none in " + kernel_dir +
+                    "; run `scripts/fetch-guest-kernel.sh " + kernel_dir + "`");
+  }
+  return Fail(ErrorCode::kFailedPrecondition,
+              "the microvm backend needs an initramfs with the guest agent for kernel " +
+                  releases_without_initramfs.front() + " (" + vmm_dir + "/initramfs-" +
+                  releases_without_initramfs.front() +
+                  ".cpio.gz is missing); run `scripts/build-guest-initramfs.sh " + vmm_dir + "`");
+}
+
+Result<MicrovmLaunch> MakeMicrovmLaunch(const SandboxSpec& spec, GuestImages images,
+                                        std::string root_image, std::string vsock_uds) {
+  if (!ValidHostname(spec.hostname)) {
+    return Fail(ErrorCode::kInvalidArgument,
+                "hostname \"" + spec.hostname + "\": expected 1-64 of [A-Za-z0-9.-]");
+  }
+  MicrovmLaunch launch{.images = std::move(images),
+                       .root_image = std::move(root_image),
+                       .vsock_uds = std::move(vsock_uds),
+                       .hostname = spec.hostname};
+  // A VM has whole vCPUs: a fraction of a CPU still needs one.
+  launch.vcpus = std::clamp<uint32_t>((spec.limits.millicpus + 999) / 1000, 1, 32);
+  // Guest RAM is the memory limit; the guest kernel takes its share of it.
+  launch.memory_mib = std::max<uint64_t>(spec.limits.memory_bytes / kMiB, 64);
+  launch.disk_bytes = std::max<uint64_t>(spec.limits.disk_bytes, kMiB);
+  return launch;
+}
+
+std::string MicrovmBootArgs(const MicrovmLaunch& launch) {
+  return "console=ttyS0 quiet reboot=k panic=-1 pci=off i8042.noaux tartarus.root=/dev/vda "
+         "tartarus.vsock_port=" +
+         std::to_string(kAgentVsockPort) +
+         " tartarus.disk_bytes=" + std::to_string(launch.disk_bytes) +
+         " tartarus.hostname=" + launch.hostname + " -- --init";
+}
+
+std::string MicrovmConfigJson(const MicrovmLaunch& launch) {
+  nlohmann::json config = {
+      {"boot-source",
+       {{"kernel_image_path", launch.images.kernel},
+        {"initrd_path", launch.images.initramfs},
+        {"boot_args", MicrovmBootArgs(launch)}}},
+      {"machine-config", {{"vcpu_count", launch.vcpus}, {"mem_size_mib", launch.memory_mib}}},
+      {"drives", nlohmann::json::array({{{"drive_id", "rootfs"},
+                                         {"path_on_host", launch.root_image},
+                                         {"is_root_device", true},
+                                         {"is_read_only", true}}})},
+      {"vsock", {{"guest_cid", kGuestCid}, {"uds_path", launch.vsock_uds}}},
+      {"entropy", nlohmann::json::object()},
+  };
+  return config.dump(2) + "\n";
+}
+
+Result<UniqueFd> ConnectHybridVsock(const std::string& uds_path, uint32_t port,
+                                    milliseconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  sockaddr_un addr = TRY(UnixAddress(uds_path));
+  UniqueFd fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd) return FailErrno("socket");
+  if (connect(fd.Get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) {
+    if (errno == ENOENT || errno == ECONNREFUSED) {
+      return Fail(ErrorCode::kNotFound, "no hybrid vsock socket at " + uds_path + " yet");
+    }
+    return FailErrno("connect " + uds_path);
+  }
+  std::string request = "CONNECT " + std::to_string(port) + "\n";
+  if (send(fd.Get(), request.data(), request.size(), MSG_NOSIGNAL) !=
+      static_cast<ssize_t>(request.size())) {
+    return FailErrno("sending CONNECT to " + uds_path);
+  }
+  // Byte by byte up to the newline: what follows is the agent's stream.
+  std::string line;
+  bool whole_line = false;
+  while (!whole_line && line.size() < 32) {
+    if (!WaitFd(fd.Get(), POLLIN, deadline)) {
+      return Fail(ErrorCode::kTimeout, "no answer to CONNECT " + std::to_string(port) + " on " +
+                                           uds_path + " within " + std::to_string(timeout.count()) +
+                                           " ms");
+    }
+    char c;
+    ssize_t n = recv(fd.Get(), &c, 1, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n == 0 || (n < 0 && errno == ECONNRESET)) {
+      return Fail(ErrorCode::kNotFound,
+                  "nothing listens on vsock port " + std::to_string(port) + " in the guest yet");
+    }
+    if (n < 0) return FailErrno("reading the CONNECT answer on " + uds_path);
+    if (c == '\n') {
+      whole_line = true;
+    } else {
+      line.push_back(c);
+    }
+  }
+  if (!whole_line || line.rfind("OK ", 0) != 0 || line.size() == 3 ||
+      line.find_first_not_of("0123456789", 3) != std::string::npos) {
+    return Fail(ErrorCode::kProtocol,
+                "hybrid vsock on " + uds_path + ": expected \"OK <port>\", got \"" + line + "\"");
+  }
+  return fd;
 }
 
 std::unique_ptr<Backend> MakeMicrovmBackend(const RuntimeConfig& config) {

@@ -123,7 +123,9 @@ std::string LogTail(const std::string& path) {
 // Once Lethe's tmpfs is gone, only the sandbox dir remains; the other names are the
 // layout of older versions, whose files were on the host's disk.
 Status RemoveSandboxFiles(const std::string& dir) {
-  for (const char* file : {"owner", "bundle/config.json", "runtime", "runtime.log"}) {
+  // vm.json and vsock.sock: the microvm backend's, which shares this layout and cleanup.
+  for (const char* file :
+       {"owner", "bundle/config.json", "runtime", "runtime.log", "vm.json", "vsock.sock"}) {
     std::string path = dir + "/" + file;
     if (unlink(path.c_str()) < 0 && errno != ENOENT) return FailErrno("unlink " + path);
   }

@@ -61,8 +61,8 @@ std::string DeviceName(size_t index) {
 
 std::vector<uint8_t> BuildDsdt(const AcpiConfig& config) {
   std::vector<uint8_t> devices;
-  // COM1, the only legacy device a guest should probe (the i8042 is there for reset only and
-  // is reached through the FADT reset register instead).
+  // COM1. (The i8042 is announced by the FADT's 8042 flag, and its reset through the FADT
+  // reset register.)
   {
     std::vector<uint8_t> body = aml::Name("_HID", aml::EisaId("PNP0501"));
     Append(body, aml::Name("_UID", aml::Integer(1)));
@@ -111,9 +111,10 @@ std::vector<uint8_t> BuildMadt(uint32_t vcpus) {
 std::vector<uint8_t> BuildFadt(uint64_t dsdt_addr) {
   std::vector<uint8_t> fadt = SdtHeader("FACP", kFadtSize, 6);
   PutInt<uint32_t>(fadt, 40, static_cast<uint32_t>(dsdt_addr));
-  // IAPC_BOOT_ARCH: no VGA, no MSI, no ASPM control, no CMOS RTC. The 8042 bit stays clear:
-  // ours only resets, so the guest should not probe it for a keyboard.
-  PutInt<uint16_t>(fadt, 109, (1u << 2) | (1u << 3) | (1u << 4) | (1u << 5));
+  // IAPC_BOOT_ARCH: an 8042 (so that Linux probes its keyboard, through which
+  // SendCtrlAltDel arrives; without the bit it treats the i8042 as absent), no VGA, no MSI,
+  // no ASPM control, no CMOS RTC.
+  PutInt<uint16_t>(fadt, 109, (1u << 1) | (1u << 2) | (1u << 3) | (1u << 4) | (1u << 5));
   // Flags: WBINVD, no fixed power/sleep buttons, RESET_REG_SUP, HW_REDUCED_ACPI.
   PutInt<uint32_t>(fadt, 112, (1u << 0) | (1u << 4) | (1u << 5) | (1u << 10) | (1u << 20));
   // RESET_REG: system I/O port 0x64, byte access, value 0xfe: the i8042 reset we emulate.

@@ -86,6 +86,8 @@ TEST(AcpiTest, TablesLinkUpAndEveryChecksumHolds) {
   EXPECT_EQ(At<uint64_t>(xsdt.bytes, 44), madt.addr);
   EXPECT_EQ(At<uint64_t>(fadt.bytes, 140), dsdt.addr);
   EXPECT_EQ(At<uint32_t>(fadt.bytes, 112) & (1u << 20), 1u << 20);  // HW_REDUCED_ACPI
+  // IAPC_BOOT_ARCH says there is an 8042 (Linux would otherwise skip its keyboard) and no VGA.
+  EXPECT_EQ(At<uint16_t>(fadt.bytes, 109) & 0x6u, 0x6u);
   EXPECT_EQ(fadt.bytes.size(), 276u);
   // MADT: a local APIC per vCPU (ids 0, 1), then the IOAPIC.
   EXPECT_EQ(madt.bytes[44], 0);

@@ -273,12 +273,23 @@ Status Vmm::AttachLegacyDevices() {
   }
   serial_irq_ = std::make_unique<KvmIrqLine>(vm_, kCom1Irq);
   serial_ = std::make_shared<Uart8250>(std::move(sink), serial_irq_.get());
-  i8042_ = std::make_shared<I8042>([this] { Stop(StopReason::kReboot, "i8042 reset"); });
+  keyboard_irq_ = std::make_unique<KvmIrqLine>(vm_, kKeyboardIrq);
+  i8042_ = std::make_shared<I8042>([this] { Stop(StopReason::kReboot, "i8042 reset"); },
+                                   keyboard_irq_.get());
   boot_timer_ = std::make_shared<BootTimer>(nullptr);
   TRY(pio_.Insert(kCom1Port, 8, serial_));
   TRY(pio_.Insert(kI8042Port, kI8042PortCount, i8042_));
   TRY(pio_.Insert(kBootCompletePort, 1, boot_timer_));
   TRY(mmio_.Insert(kBootCompleteMmio, 0x1000, boot_timer_));
+  return Ok();
+}
+
+Status Vmm::SendCtrlAltDel() {
+  if (!i8042_) return Fail(ErrorCode::kFailedPrecondition, "the VM has no i8042 yet");
+  if (!i8042_->SendCtrlAltDel()) {
+    return Fail(ErrorCode::kResourceExhausted,
+                "the guest's i8042 keyboard buffer is full (it is not reading its keyboard)");
+  }
   return Ok();
 }
 
@@ -457,6 +468,15 @@ Result<RunReport> Vmm::Run() {
 void Vmm::VcpuLoop(size_t index) {
   VcpuFd& vcpu = vcpus_[index];
   current_run = vcpu.run();
+  if (config_.on_vcpu_thread) {
+    if (Status ready = config_.on_vcpu_thread(); !ready) {
+      Stop(StopReason::kError, "vCPU " + std::to_string(index) + ": " + ready.error().message);
+      current_run = nullptr;
+      running_threads_.fetch_sub(1);
+      changed_.notify_all();
+      return;
+    }
+  }
   while (!stopping_.load()) {
     if (paused_.load()) {
       std::unique_lock lock(mutex_);

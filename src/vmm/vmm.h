@@ -67,6 +67,9 @@ struct VmmConfig {
   std::function<void(uint8_t)> serial_sink;
   std::chrono::milliseconds timeout{0};  // 0: no limit
   std::string kvm_path = "/dev/kvm";
+  // Runs first on every vCPU thread, before its first KVM_RUN (tartarus-vmm installs the
+  // vCPU seccomp filter here). An error stops the VM with that error.
+  std::function<Status()> on_vcpu_thread;
 };
 
 // Checks a drive list: non-empty unique ids and paths, at most one root, Lethe drives writable.
@@ -112,6 +115,9 @@ class Vmm {
   Status Pause();
   void Resume();
   bool paused() const { return paused_.load(); }
+  // Firecracker's SendCtrlAltDel: Ctrl+Alt+Del through the i8042 keyboard (safe from any
+  // thread). Fails when the guest has left its keyboard's buffer full.
+  Status SendCtrlAltDel();
 
   // Persephone (docs/vmm.md, "Snapshots"). The VM must be paused: every vCPU's state is read
   // on its own thread (after completing a pending I/O exit), then the VM's, the guest memory
@@ -171,6 +177,7 @@ class Vmm {
   Bus pio_{"pio"};
   Bus mmio_{"mmio"};
   std::unique_ptr<IrqLine> serial_irq_;
+  std::unique_ptr<IrqLine> keyboard_irq_;
   std::shared_ptr<Uart8250> serial_;
   std::shared_ptr<I8042> i8042_;
   std::shared_ptr<BootTimer> boot_timer_;

@@ -73,6 +73,10 @@ class VmmProcess {
       exited_ = true;
     }
   }
+  // Sends signal to the process (a jailed VMM's jailer stops and cleans up on SIGTERM).
+  void Signal(int signal) {
+    if (pid_ > 0 && !exited_) ::kill(pid_, signal);
+  }
   bool Running() {
     int status = 0;
     if (!exited_ && ::waitpid(pid_, &status, WNOHANG) == pid_) exited_ = true;

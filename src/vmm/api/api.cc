@@ -398,10 +398,10 @@ Status VmController::PutActions(const json& body) {
     return FlushMetrics();
   }
   TRY(RequireStarted());
-  // Firecracker injects Ctrl+Alt+Del through its i8042 keyboard; ours only models reset.
-  return Invalid(
-      "actions: SendCtrlAltDel is not supported yet: the i8042 model has no keyboard to "
-      "deliver it through");
+  // As Firecracker: Ctrl+Alt+Del through the i8042 keyboard; the guest decides what to do.
+  auto sent = vmm_->SendCtrlAltDel();
+  if (!sent) return Invalid("actions: SendCtrlAltDel: " + sent.error().message);
+  return Ok();
 }
 
 Status VmController::PatchVm(const json& body) {

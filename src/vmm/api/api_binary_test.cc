@@ -168,11 +168,36 @@ TEST(VmmApiBinaryTest, StateRulesAfterInstanceStartAndPauseResume) {
               HasSubstr("snapshot/create: creating memory file"));
   EXPECT_THAT(send("PATCH", "/vm", R"({"state": "Resumed"})"), HasSubstr(" 204 "));
   EXPECT_THAT(send("GET", "/", ""), HasSubstr("\"state\":\"Running\""));
+  // The idle guest never reads its keyboard: four Ctrl+Alt+Dels fill the i8042's buffer.
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_THAT(send("PUT", "/actions", R"({"action_type": "SendCtrlAltDel"})"),
+                HasSubstr(" 204 "));
+  }
   EXPECT_THAT(send("PUT", "/actions", R"({"action_type": "SendCtrlAltDel"})"),
-              HasSubstr("SendCtrlAltDel is not supported yet"));
+              HasSubstr("keyboard buffer is full"));
   ::close(fd);
   EXPECT_EQ(vmm.Wait(std::chrono::milliseconds(100)), -1);  // the guest keeps running
   EXPECT_THAT(vmm.Stdout(), HasSubstr("idle guest running\n"));
+}
+
+// Firecracker's SendCtrlAltDel: the keys reach a guest that reads them as Linux does (the
+// control byte polled, then one scancode per keyboard interrupt through the PIC).
+TEST(VmmApiBinaryTest, SendCtrlAltDelReachesTheGuestsKeyboardInterrupt) {
+  if (!KvmSystem::Open()) GTEST_SKIP() << "skipped: /dev/kvm not available";
+  VmmProcess vmm({"--api-sock", "@SOCK", "--kernel", Guest("keyboard"), "--mem-mib", "32"});
+  EXPECT_THAT(vmm.Send("PUT", "/actions", R"({"action_type": "InstanceStart"})"),
+              HasSubstr(" 204 "));
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (vmm.Stdout().find("keyboard ready") == std::string::npos &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_THAT(vmm.Send("PUT", "/actions", R"({"action_type": "SendCtrlAltDel"})"),
+              HasSubstr(" 204 "));
+  EXPECT_EQ(vmm.Wait(), 0) << vmm.Stderr();
+  EXPECT_THAT(vmm.Stdout(), HasSubstr("keyboard ready ctr=05\n"));
+  EXPECT_THAT(vmm.Stdout(), HasSubstr("keys: 14 11 e0 71 \n"));
+  EXPECT_THAT(vmm.Stderr(), HasSubstr("guest stopped: halted"));
 }
 
 TEST(VmmApiBinaryTest, ConfigFileBootsWithoutApiCalls) {

@@ -1,0 +1,135 @@
+# tartarus-vmm test guest "keyboard": reads its keys from the i8042 as Linux does. Reads the
+# controller's control byte (command 0x20, polled), then takes keyboard interrupts (IRQ 1 ->
+# vector 0x21 through the 8259 PIC), one scancode per interrupt from port 0x60, until four
+# have come (Ctrl+Alt+Del in set 2 is 14 11 e0 71), prints them and halts.
+        .code64
+        .text
+        .globl _start
+        .set KEYBOARD_VECTOR, 0x21
+        .set IDT_ENTRIES, 64
+        .set KEYS_WANTED, 4
+_start:
+        mov $0x20, %al                # controller command: read the control byte
+        out %al, $0x64
+1:      in $0x64, %al                 # wait for "output buffer full"
+        test $0x01, %al
+        jz 1b
+        in $0x60, %al
+        mov %al, %bl                  # printed once interrupts are set up
+
+        lea idt_table(%rip), %rdi
+        xor %ecx, %ecx
+2:      lea unexpected_handler(%rip), %rax
+        cmp $KEYBOARD_VECTOR, %ecx
+        jne 3f
+        lea keyboard_handler(%rip), %rax
+3:      call set_gate
+        add $16, %rdi
+        inc %ecx
+        cmp $IDT_ENTRIES, %ecx
+        jne 2b
+        lidt idt_descriptor(%rip)
+
+        mov $0x11, %al                # ICW1: edge-triggered, cascade, ICW4 follows
+        out %al, $0x20
+        out %al, $0xa0
+        mov $0x20, %al                # ICW2: master vectors 0x20-0x27
+        out %al, $0x21
+        mov $0x28, %al                #        slave vectors 0x28-0x2f
+        out %al, $0xa1
+        mov $0x04, %al                # ICW3: slave on IRQ 2
+        out %al, $0x21
+        mov $0x02, %al
+        out %al, $0xa1
+        mov $0x01, %al                # ICW4: 8086 mode
+        out %al, $0x21
+        out %al, $0xa1
+        mov $0xfd, %al                # unmask IRQ 1 only
+        out %al, $0x21
+        mov $0xff, %al
+        out %al, $0xa1
+
+        lea ready(%rip), %rsi         # the host may send keys from now on
+        call puts
+        mov %bl, %al
+        call puthex8
+        lea newline(%rip), %rsi
+        call puts
+        call boot_complete
+        sti
+4:      hlt
+        cmpb $KEYS_WANTED, key_count(%rip)
+        jb 4b
+        cli
+        lea keys(%rip), %rsi
+        call puts
+        lea key_buffer(%rip), %rbx
+        xor %ecx, %ecx
+5:      movb (%rbx,%rcx), %al
+        call puthex8
+        mov $' ', %al
+        call putc
+        inc %ecx
+        cmp $KEYS_WANTED, %ecx
+        jne 5b
+        lea newline(%rip), %rsi
+        call puts
+        jmp halt_forever
+
+# RDI: 16-byte gate to fill, RAX: handler. A present DPL0 64-bit interrupt gate.
+set_gate:
+        push %rdx
+        mov %rax, %rdx
+        mov %dx, (%rdi)
+        mov %cs, %edx
+        mov %dx, 2(%rdi)
+        movw $0x8e00, 4(%rdi)
+        mov %rax, %rdx
+        shr $16, %rdx
+        mov %dx, 6(%rdi)
+        shr $16, %rdx
+        mov %edx, 8(%rdi)
+        movl $0, 12(%rdi)
+        pop %rdx
+        ret
+
+keyboard_handler:
+        push %rax
+        push %rcx
+        push %rdx
+        in $0x60, %al                 # one scancode; the controller raises IRQ 1 for the next
+        movzbl key_count(%rip), %ecx
+        cmp $KEYS_WANTED, %ecx
+        jae 1f
+        lea key_buffer(%rip), %rdx
+        mov %al, (%rdx,%rcx)
+        incb key_count(%rip)
+1:      mov $0x20, %al                # EOI to the master PIC
+        out %al, $0x20
+        pop %rdx
+        pop %rcx
+        pop %rax
+        iretq
+
+unexpected_handler:
+        lea unexpected(%rip), %rsi
+        call puts
+        jmp halt_forever
+
+        .include "serial.inc"
+
+        .section .rodata
+ready:      .asciz "keyboard ready ctr="
+keys:       .asciz "keys: "
+unexpected: .asciz "FAIL: unexpected interrupt\n"
+newline:    .asciz "\n"
+        .balign 8
+idt_descriptor:
+        .word IDT_ENTRIES * 16 - 1
+        .quad idt_table
+
+        .data
+key_count:  .byte 0
+key_buffer: .fill 8, 1, 0
+        .balign 16
+idt_table: .fill IDT_ENTRIES * 16, 1, 0

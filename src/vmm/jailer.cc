@@ -1,0 +1,341 @@
+// tartarus-vmm (Tartarus's KVM microVM monitor): the jailer (Erebus). See jailer.h.
+#include "vmm/jailer.h"
+
+#include <fcntl.h>
+#include <grp.h>
+#include <linux/close_range.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "common/unique_fd.h"
+
+namespace tartarus::vmm {
+namespace {
+
+namespace fs = std::filesystem;
+
+volatile sig_atomic_t jailed_child = 0;
+
+// pid 1 of a PID namespace ignores signals it has no handler for: stop it with SIGKILL.
+void ForwardStop(int) {
+  if (jailed_child > 0) ::kill(jailed_child, SIGKILL);
+}
+
+bool IsCount(const std::string& text) {
+  return !text.empty() && text.size() <= 19 &&
+         text.find_first_not_of("0123456789") == std::string::npos;
+}
+
+Status WriteText(const std::string& path, const std::string& text) {
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
+  if (!fd) return FailErrno("open " + path);
+  if (::write(fd.Get(), text.data(), text.size()) != static_cast<ssize_t>(text.size())) {
+    return FailErrno("write " + text + " to " + path);
+  }
+  return Ok();
+}
+
+// The cgroup v2 mount point, or empty (a cgroup v1-only host).
+std::string CgroupV2Mount() {
+  std::ifstream mounts("/proc/self/mounts");
+  std::string device, point, type;
+  std::string rest;
+  while (mounts >> device >> point >> type && std::getline(mounts, rest)) {
+    if (type == "cgroup2") return point;
+  }
+  return "";
+}
+
+// The jail's cgroup leaf, or empty after saying why there is none.
+std::string SetUpCgroup(const JailOptions& options, pid_t child) {
+  const bool limited =
+      !options.cpu_max.empty() || !options.memory_max.empty() || !options.pids_max.empty();
+  const std::string mount = CgroupV2Mount();
+  if (mount.empty() || ::access(mount.c_str(), W_OK) != 0) {
+    std::fprintf(stderr, "tartarus-vmm: jail: cgroup v2 is not mounted writable here; %s\n",
+                 limited ? "cgroup limits skipped" : "no cgroup");
+    return "";
+  }
+  const std::string parent = mount + "/" + options.cgroup_parent;
+  const std::string leaf = parent + "/" + options.id;
+  std::error_code error;
+  fs::create_directories(parent, error);
+  if (::mkdir(leaf.c_str(), 0755) != 0 && errno != EEXIST) {
+    std::fprintf(stderr, "tartarus-vmm: jail: cannot create cgroup %s (%s); %s\n", leaf.c_str(),
+                 std::strerror(errno), limited ? "cgroup limits skipped" : "no cgroup");
+    return "";
+  }
+  // Controllers are enabled top-down; one missing here (e.g. bound to cgroup v1) is reported.
+  const std::pair<const char*, const std::string*> limits[] = {
+      {"cpu", &options.cpu_max}, {"memory", &options.memory_max}, {"pids", &options.pids_max}};
+  for (auto [controller, value] : limits) {
+    if (value->empty()) continue;
+    std::string dir = mount;
+    for (const auto& part : fs::path(options.cgroup_parent)) {
+      (void)WriteText(dir + "/cgroup.subtree_control", std::string("+") + controller);
+      dir += "/" + part.string();
+    }
+    (void)WriteText(parent + "/cgroup.subtree_control", std::string("+") + controller);
+    const std::string file = leaf + "/" + controller + ".max";
+    if (Status set = WriteText(file, *value); !set) {
+      std::fprintf(stderr,
+                   "tartarus-vmm: jail: %s.max not set (%s controller unavailable in "
+                   "cgroup v2 here?): %s\n",
+                   controller, controller, set.error().message.c_str());
+    }
+  }
+  if (Status moved = WriteText(leaf + "/cgroup.procs", std::to_string(child)); !moved) {
+    std::fprintf(stderr, "tartarus-vmm: jail: %s; running outside the cgroup\n",
+                 moved.error().message.c_str());
+  }
+  return leaf;
+}
+
+// True when a mount point lies under dir in this (the parent's) mount namespace: removing the
+// jail recursively would then reach into host files, so it is left in place.
+bool HasMountsUnder(const std::string& dir) {
+  std::ifstream mounts("/proc/self/mounts");
+  std::string device, point, rest;
+  while (mounts >> device >> point && std::getline(mounts, rest)) {
+    if (point == dir || point.starts_with(dir + "/")) return true;
+  }
+  return false;
+}
+
+Status MakeParents(const std::string& path) {
+  std::error_code error;
+  fs::create_directories(fs::path(path).parent_path(), error);
+  if (error) return Fail(ErrorCode::kIo, "jail: mkdir " + path + ": " + error.message());
+  return Ok();
+}
+
+Status BindInto(const std::string& root, const std::string& host, bool directory, bool read_only) {
+  const std::string target = root + host;
+  TRY(MakeParents(target));
+  if (directory) {
+    if (::mkdir(target.c_str(), 0755) != 0 && errno != EEXIST)
+      return FailErrno("jail: mkdir " + target);
+  } else {
+    UniqueFd made(::open(target.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600));
+    if (!made) return FailErrno("jail: create " + target);
+  }
+  if (::mount(host.c_str(), target.c_str(), nullptr, MS_BIND, nullptr) != 0) {
+    return FailErrno("jail: bind " + host);
+  }
+  unsigned long flags = MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | (read_only ? MS_RDONLY : 0);
+  if (::mount(nullptr, target.c_str(), nullptr, flags, nullptr) != 0) {
+    return FailErrno("jail: remount " + host);
+  }
+  return Ok();
+}
+
+// A device node like the host's, owned by the VM's uid/gid (bind-mounting the host's node
+// would keep root's ownership, and chown on it would change the host's).
+Status MakeDevice(const std::string& root, const std::string& host, mode_t mode,
+                  const JailOptions& options) {
+  struct stat info {};
+  if (::stat(host.c_str(), &info) != 0) return FailErrno("jail: stat " + host);
+  const std::string target = root + host;
+  if (::mknod(target.c_str(), S_IFCHR | mode, info.st_rdev) != 0) {
+    return FailErrno("jail: mknod " + target);
+  }
+  if (::chown(target.c_str(), options.uid, options.gid) != 0 ||
+      ::chmod(target.c_str(), mode) != 0) {
+    return FailErrno("jail: chown " + target);
+  }
+  return Ok();
+}
+
+// In the child (root, pid 1 of its PID namespace): everything up to running the VMM.
+Status EnterJail(const JailOptions& options, const JailContents& contents,
+                 const std::string& root) {
+  if (::unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS) != 0) {
+    return FailErrno("jail: unshare(mount, net, ipc, uts)");
+  }
+  // Nothing mounted from here on propagates back to the host.
+  if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
+    return FailErrno("jail: make / private");
+  }
+  if (::mount(root.c_str(), root.c_str(), nullptr, MS_BIND | MS_NOSUID, nullptr) != 0) {
+    return FailErrno("jail: bind " + root);
+  }
+  if (::mkdir((root + "/dev").c_str(), 0755) != 0) return FailErrno("jail: mkdir dev");
+  TRY(MakeDevice(root, "/dev/kvm", 0660, options));
+  TRY(MakeDevice(root, "/dev/urandom", 0666, options));
+  TRY(MakeDevice(root, "/dev/null", 0666, options));
+  // HostKvmIsPvm() looks for this directory: the guest's CPUID depends on it.
+  if (::access("/sys/module/kvm_pvm", F_OK) == 0) TRY(MakeParents(root + "/sys/module/kvm_pvm/x"));
+  for (const std::string& file : contents.read_only_files) TRY(BindInto(root, file, false, true));
+  for (const std::string& file : contents.files) TRY(BindInto(root, file, false, false));
+  for (const std::string& dir : contents.dirs) TRY(BindInto(root, dir, true, false));
+
+  // pivot_root(".", "."): the old root ends up on top of the new one and is detached.
+  if (::chdir(root.c_str()) != 0) return FailErrno("jail: chdir " + root);
+  if (::syscall(SYS_pivot_root, ".", ".") != 0) return FailErrno("jail: pivot_root");
+  if (::umount2(".", MNT_DETACH) != 0) return FailErrno("jail: detach the old root");
+  if (::chdir("/") != 0) return FailErrno("jail: chdir /");
+  // The root itself is read-only; the bind mounts above keep their own flags.
+  if (::mount(nullptr, "/", nullptr, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID, nullptr) != 0) {
+    return FailErrno("jail: remount / read-only");
+  }
+
+  if (::setgroups(0, nullptr) != 0) return FailErrno("jail: setgroups");
+  if (::setresgid(options.gid, options.gid, options.gid) != 0) return FailErrno("jail: setresgid");
+  if (::setresuid(options.uid, options.uid, options.uid) != 0) return FailErrno("jail: setresuid");
+  if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return FailErrno("jail: no_new_privs");
+  // A jailer killed outright takes its VM along (set after setresuid, which clears it).
+  if (::prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) return FailErrno("jail: pdeathsig");
+  if (::syscall(SYS_close_range, 3u, ~0u, 0u) != 0) return FailErrno("jail: close_range");
+  return Ok();
+}
+
+}  // namespace
+
+Status ValidateJailOptions(const JailOptions& options) {
+  if (options.id.empty() || options.id.size() > 64 ||
+      options.id.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                   "0123456789-_") != std::string::npos) {
+    return Fail(ErrorCode::kInvalidArgument,
+                "--id " + options.id + ": a jailed VM's id is 1-64 letters, digits, '-' or '_'");
+  }
+  if (options.base_dir.empty() || options.base_dir.front() != '/') {
+    return Fail(ErrorCode::kInvalidArgument,
+                "--jail " + options.base_dir + ": need an absolute path");
+  }
+  const fs::path parent(options.cgroup_parent);
+  if (options.cgroup_parent.empty() || parent.is_absolute() ||
+      options.cgroup_parent.find("..") != std::string::npos) {
+    return Fail(ErrorCode::kInvalidArgument,
+                "--cgroup-parent " + options.cgroup_parent + ": need a relative path without ..");
+  }
+  if (!options.cpu_max.empty()) {
+    std::istringstream words(options.cpu_max);
+    std::string quota, period, extra;
+    words >> quota >> period >> extra;
+    if (!(quota == "max" || IsCount(quota)) || !IsCount(period) || !extra.empty()) {
+      return Fail(ErrorCode::kInvalidArgument, "--cpu-max \"" + options.cpu_max +
+                                                   "\": need \"QUOTA PERIOD\" (microseconds) "
+                                                   "or \"max PERIOD\"");
+    }
+  }
+  if (!options.memory_max.empty() && options.memory_max != "max" && !IsCount(options.memory_max)) {
+    return Fail(ErrorCode::kInvalidArgument,
+                "--memory-max " + options.memory_max + ": need a byte count or max");
+  }
+  if (!options.pids_max.empty() && options.pids_max != "max" && !IsCount(options.pids_max)) {
+    return Fail(ErrorCode::kInvalidArgument,
+                "--pids-max " + options.pids_max + ": need a count or max");
+  }
+  return Ok();
+}
+
+std::string JailScratchDir(const JailOptions& options) {
+  return options.base_dir + "/" + options.id + "/scratch";
+}
+
+std::string AbsolutePath(const std::string& path) {
+  if (path.empty()) return path;
+  std::error_code error;
+  fs::path absolute = fs::absolute(path, error);
+  return (error ? fs::path(path) : absolute).lexically_normal().string();
+}
+
+Result<std::optional<int>> RunJailed(const JailOptions& options, const JailContents& contents) {
+  TRY(ValidateJailOptions(options));
+  if (::geteuid() != 0) {
+    return Fail(ErrorCode::kPermissionDenied, "--jail needs root (namespaces, mounts, chown)");
+  }
+  const std::string jail = options.base_dir + "/" + options.id;
+  const std::string root = jail + "/root";
+  std::error_code error;
+  fs::create_directories(options.base_dir, error);
+  if (::mkdir(jail.c_str(), 0700) != 0) {
+    return FailErrno("jail: mkdir " + jail +
+                     (errno == EEXIST ? " (is another VM using this id?)" : ""));
+  }
+  if (::mkdir(root.c_str(), 0755) != 0 || ::chown(root.c_str(), 0, 0) != 0) {
+    return FailErrno("jail: mkdir " + root);
+  }
+
+  const std::string scratch = JailScratchDir(options);
+  if (::mkdir(scratch.c_str(), 0700) != 0 ||
+      ::chown(scratch.c_str(), options.uid, options.gid) != 0) {
+    return FailErrno("jail: mkdir " + scratch);
+  }
+  JailContents with_scratch = contents;
+  with_scratch.dirs.push_back(scratch);
+
+  int ready[2];
+  if (::pipe2(ready, O_CLOEXEC) != 0) return FailErrno("jail: pipe");
+  if (::unshare(CLONE_NEWPID) != 0) return FailErrno("jail: unshare(pid)");
+  pid_t child = ::fork();
+  if (child < 0) return FailErrno("jail: fork");
+  if (child == 0) {
+    ::close(ready[1]);
+    char go = 0;
+    // The parent first puts this process in the cgroup, so every VMM thread starts there.
+    if (::read(ready[0], &go, 1) != 1) ::_exit(1);
+    ::close(ready[0]);
+    if (Status entered = EnterJail(options, with_scratch, root); !entered) {
+      std::fprintf(stderr, "tartarus-vmm: %s\n", entered.error().message.c_str());
+      ::_exit(1);
+    }
+    return std::nullopt;
+  }
+  ::close(ready[0]);
+  jailed_child = child;
+  struct sigaction forward {};
+  forward.sa_handler = ForwardStop;
+  for (int signal : {SIGTERM, SIGINT, SIGHUP}) ::sigaction(signal, &forward, nullptr);
+  const std::string cgroup = SetUpCgroup(options, child);
+  (void)!::write(ready[1], "g", 1);
+  ::close(ready[1]);
+
+  int status = 0;
+  while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (!options.keep_jail) {
+    if (HasMountsUnder(jail)) {
+      std::fprintf(stderr, "tartarus-vmm: jail: %s still has mounts; not removed\n", jail.c_str());
+    } else {
+      fs::remove_all(jail, error);
+      if (error) {
+        std::fprintf(stderr, "tartarus-vmm: jail: removing %s: %s\n", jail.c_str(),
+                     error.message().c_str());
+      }
+    }
+  }
+  if (!cgroup.empty()) ::rmdir(cgroup.c_str());  // empty now: its only process has exited
+  return status;
+}
+
+void ExitLikeChild(int wait_status) {
+  if (WIFEXITED(wait_status)) std::exit(WEXITSTATUS(wait_status));
+  const int signal = WIFSIGNALED(wait_status) ? WTERMSIG(wait_status) : SIGKILL;
+  rlimit no_core{0, 0};
+  ::setrlimit(RLIMIT_CORE, &no_core);
+  ::signal(signal, SIG_DFL);
+  sigset_t only;
+  sigemptyset(&only);
+  sigaddset(&only, signal);
+  ::sigprocmask(SIG_UNBLOCK, &only, nullptr);
+  ::raise(signal);
+  std::_Exit(128 + signal);
+}
+
+}  // namespace tartarus::vmm
