@@ -5,6 +5,7 @@
 
 #include <condition_variable>
 #include <mutex>
+#include <set>
 #include <thread>
 
 #include "cluster_util.h"
@@ -320,6 +321,25 @@ TEST_F(ApiTest, TokensAuthenticateAndTenantsSeeOnlyTheirOwn) {
   std::string id = res.json["id"];
 
   ExpectError(globex.Call("GET", "/v1/sandboxes/" + id), 404, "not_found");
+  // Short ids: a unique prefix names the sandbox, for its tenant only.
+  auto by_prefix = acme.Call("GET", "/v1/sandboxes/" + id.substr(0, 10));
+  ASSERT_EQ(by_prefix.status, 200) << by_prefix.body;
+  EXPECT_EQ(by_prefix.json["id"], id);
+  ExpectError(globex.Call("GET", "/v1/sandboxes/" + id.substr(0, 10)), 404, "not_found");
+  ExpectError(acme.Call("GET", "/v1/sandboxes/" + id.substr(0, 10) + "%25"), 404, "not_found");
+  // Ids are random hex: after at most 17 sandboxes two share their first character.
+  std::set<char> firsts{id[0]};
+  char shared = 0;
+  for (int i = 0; i < 17 && !shared; ++i) {
+    auto more = acme.Post("/v1/sandboxes", {{"command", {"true"}}});
+    ASSERT_EQ(more.status, 201) << more.body;
+    char first = more.json["id"].get<std::string>()[0];
+    if (!firsts.insert(first).second) shared = first;
+  }
+  ASSERT_NE(shared, 0);
+  auto ambiguous = acme.Call("GET", "/v1/sandboxes/" + std::string(1, shared));
+  ExpectError(ambiguous, 400, "invalid_argument");
+  EXPECT_NE(ambiguous.body.find("ambiguous"), std::string::npos) << ambiguous.body;
   auto theirs = globex.Call("GET", "/v1/sandboxes");
   ASSERT_EQ(theirs.status, 200);
   for (const auto& s : theirs.json["items"]) EXPECT_NE(s["id"], id);

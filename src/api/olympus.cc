@@ -191,15 +191,27 @@ struct Olympus::Impl {
   }
 
   // A tenant sees only its own sandboxes: another tenant's is "not found", not "forbidden".
+  // A unique prefix of an id (as typed from `tartarus ps`) names that sandbox.
   Result<store::SandboxRow> OwnSandbox(const std::string& id, const Caller& caller) {
     auto row = store->GetSandbox(id);
-    if (!row || (!caller.admin && row->tenant_id != caller.tenant_id)) {
-      if (row || row.error().code == ErrorCode::kNotFound) {
-        return Fail(ErrorCode::kNotFound, fmt::format("no sandbox '{}'", id));
-      }
-      return Fail(row.error());
+    if (row && (caller.admin || row->tenant_id == caller.tenant_id)) return row;
+    if (!row && row.error().code != ErrorCode::kNotFound) return Fail(row.error());
+    auto not_found = Fail(ErrorCode::kNotFound, fmt::format("no sandbox '{}'", id));
+    if (id.empty() || id.size() > 64 ||
+        id.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") !=
+            std::string::npos) {
+      return not_found;
     }
-    return row;
+    auto matches = TRY(store->FindSandboxIdsByPrefix(caller.admin ? "" : caller.tenant_id, id, 3));
+    if (matches.empty()) return not_found;
+    if (matches.size() > 1) {
+      return Fail(ErrorCode::kInvalidArgument,
+                  fmt::format("sandbox id prefix '{}' is ambiguous: it matches {}{}; give more of "
+                              "the id",
+                              id, fmt::join(matches.begin(), matches.begin() + 2, ", "),
+                              matches.size() > 2 ? " and more" : ""));
+    }
+    return store->GetSandbox(matches[0]);
   }
 
   json SandboxJson(const store::SandboxRow& row) {
@@ -226,10 +238,11 @@ struct Olympus::Impl {
     }
     int64_t now = NowMs();
 
-    // Themis.
+    // Themis: the policies and the tenant's counters in one read, O(1) in the number of
+    // sandboxes (the store keeps the counters in step with every state change).
     std::vector<policy::Policy> policies;
-    auto rows = TRY(store->ListPolicies());
-    for (const auto& row : rows) {
+    auto snapshot = TRY(store->ReadAdmission(caller.tenant_id));
+    for (const auto& row : snapshot.policies) {
       auto parsed = policy::ParsePolicy(row.yaml, row.name);
       if (!parsed) {
         // Validated when stored; a stricter parser later must not stop every admission.
@@ -248,8 +261,10 @@ struct Olympus::Impl {
     areq.disk_bytes = request.disk_bytes;
     if (request.timeout_ms) areq.timeout = std::chrono::milliseconds(*request.timeout_ms);
     policy::TenantUsage usage;
-    usage.active = TRY(store->CountActiveSandboxes(caller.tenant_id));
+    usage.active = snapshot.usage.active;
     usage.created_within = [&](std::chrono::milliseconds window) -> int64_t {
+      if (auto estimate = snapshot.usage.CreatedWithin(window.count(), now)) return *estimate;
+      // A window the counters do not keep (policies name only 1 s, 1 min or 1 h): count.
       auto n = store->CountSandboxesCreatedSince(caller.tenant_id, now - window.count());
       return n ? *n : 0;
     };

@@ -329,19 +329,35 @@ Result<SandboxRecord> LocalNode::Inspect(std::string_view id) {
   return store_.Load(full);
 }
 
+protocol::ExecStart MakeExecStart(const SandboxRecord& record,
+                                  const std::vector<std::string>& command,
+                                  const std::vector<std::string>& env, const std::string& workdir,
+                                  const std::string& user,
+                                  std::optional<std::chrono::milliseconds> timeout,
+                                  bool stdin_pipe) {
+  protocol::ExecStart exec;
+  exec.argv = command;
+  exec.env = MergeEnv(record.env, env);
+  exec.cwd = workdir.empty() ? record.workdir : workdir;
+  exec.user = user.empty() ? record.user : user;
+  exec.stdin_pipe = stdin_pipe;
+  exec.timeout_ms = timeout ? static_cast<uint64_t>(timeout->count()) : 0;
+  return exec;
+}
+
+int ExecExitCode(const protocol::ExecExit& exit) {
+  if (exit.timed_out) return 124;
+  return exit.signal ? 128 + exit.signal : exit.exit_code;
+}
+
 Result<int> LocalNode::Exec(std::string_view id, const std::vector<std::string>& command,
                             const std::vector<std::string>& env, const std::string& workdir,
                             const std::string& user,
                             std::optional<std::chrono::milliseconds> timeout, const IoSinks& io) {
   SandboxRecord record = TRY(Inspect(id));
   auto client = TRY(ConnectClient(store_, record));
-  protocol::ExecStart exec;
-  exec.argv = command;
-  exec.env = MergeEnv(record.env, env);
-  exec.cwd = workdir.empty() ? record.workdir : workdir;
-  exec.user = user.empty() ? record.user : user;
-  exec.stdin_pipe = io.stdin_fd >= 0;
-  exec.timeout_ms = timeout ? static_cast<uint64_t>(timeout->count()) : 0;
+  protocol::ExecStart exec =
+      MakeExecStart(record, command, env, workdir, user, timeout, io.stdin_fd >= 0);
   auto handle = TRY(client->StartExec(exec, [&](protocol::Stream stream, std::string_view data) {
     (void)protocol::WriteAll(stream == protocol::Stream::kStdout ? io.stdout_fd : io.stderr_fd,
                              data);
@@ -368,8 +384,7 @@ Result<int> LocalNode::Exec(std::string_view id, const std::vector<std::string>&
   forward_signals.join();
   pump.reset();
   if (!exit) return Fail(exit.error());
-  if (exit->timed_out) return 124;
-  return exit->signal ? 128 + exit->signal : exit->exit_code;
+  return ExecExitCode(*exit);
 }
 
 Status LocalNode::FeedMainStdin(std::string_view id, int fd, int stop_fd) {

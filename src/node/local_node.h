@@ -14,6 +14,7 @@
 #include "common/result.h"
 #include "node/sandbox_record.h"
 #include "node/sandbox_store.h"
+#include "protocol/messages.h"
 #include "runtime/runtime.h"
 
 namespace tartarus::node {
@@ -57,6 +58,18 @@ struct IoSinks {
 };
 
 using ProgressFn = std::function<void(const std::string& line)>;
+
+// The ExecStart for a command in a running sandbox: the sandbox's env, workdir and user
+// unless the request overrides them. Shared by LocalNode::Exec and the node agent's
+// asynchronous exec, so both run a command the same way.
+protocol::ExecStart MakeExecStart(const SandboxRecord& record,
+                                  const std::vector<std::string>& command,
+                                  const std::vector<std::string>& env, const std::string& workdir,
+                                  const std::string& user,
+                                  std::optional<std::chrono::milliseconds> timeout,
+                                  bool stdin_pipe);
+// An exec's exit as a shell reports it: 124 on timeout, 128+N for signal N, else its code.
+int ExecExitCode(const protocol::ExecExit& exit);
 
 class LocalNode {
  public:

@@ -3,7 +3,6 @@
 
 #include <fcntl.h>
 #include <signal.h>
-#include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -13,6 +12,7 @@
 #include <boost/asio.hpp>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -23,6 +23,7 @@
 #include "http/client.h"
 #include "http/server.h"
 #include "http/url.h"
+#include "node/async_control_client.h"
 #include "node/node_lease.h"
 #include "telemetry/log.h"
 #include "template/template_store.h"
@@ -233,7 +234,6 @@ struct NodeAgent::Impl : std::enable_shared_from_this<NodeAgent::Impl> {
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work;
   std::thread io_thread, loop_thread, report_thread;
   std::atomic<bool> stopping{false};
-  UniqueFd stdin_stop{eventfd(0, EFD_CLOEXEC)};  // readable once stopping: feeders return
 
   enum class Phase { kStarting, kRunning, kReported };
   struct Run {
@@ -711,44 +711,122 @@ struct NodeAgent::Impl : std::enable_shared_from_this<NodeAgent::Impl> {
     asio::post(io, [self = shared_from_this(), pump] { self->PumpLogs(pump); });
   }
 
-  // Exec: LocalNode::Exec blocks on a thread of its own; its output is pumped from pipes on
-  // the io thread.
-  struct ExecPump {
+  // ---- exec and stdin streams (docs/control-plane.md, "Stdin through the API") ----
+  //
+  // No thread per stream: every exec and every API-fed main-command stdin is a connection
+  // to the sandbox's control socket (AsyncControlClient) on the io thread. Exec output
+  // frames go straight to the HTTP responder; stdin chunks become StdinData/StdinClose
+  // frames. Closing a connection kills its exec (the control server's rule for a client
+  // that went away), which is how node shutdown and a vanished HTTP client cancel it.
+
+  // Every live connection, so that Stop() can close them (on the io thread).
+  std::vector<std::weak_ptr<AsyncControlClient>> live_clients;
+
+  void Track(AsyncControlClient& client) {
+    std::erase_if(live_clients, [](const auto& weak) { return weak.expired(); });
+    live_clients.push_back(client.weak_from_this());
+  }
+
+  // On the io thread: ends every stream (their execs are killed, their HTTP streams end
+  // with an error event).
+  void CloseStreams() {
+    auto clients = std::move(live_clients);
+    live_clients.clear();
+    for (auto& weak : clients) {
+      if (auto client = weak.lock()) {
+        client->Close(Error{ErrorCode::kCancelled, "the node agent is stopping"});
+      }
+    }
+  }
+
+  // One exec's HTTP stream, and the backpressure between it and the exec's connection.
+  struct ExecStream {
     std::shared_ptr<http::Responder> responder;
-    std::unique_ptr<asio::posix::stream_descriptor> pipes[2];
-    int open_pipes = 2;
-    std::optional<Result<int>> result;
-    char buf[2][32 << 10];
+    std::shared_ptr<AsyncExec> exec;
+    std::unique_ptr<asio::steady_timer> drain_timer;  // set while reading is paused
   };
 
-  void FinishExec(std::shared_ptr<ExecPump> pump) {
-    if (pump->open_pipes > 0 || !pump->result) return;
+  static void EndExecStream(ExecStream& stream, const Result<protocol::ExecExit>& result) {
     json end = {{"event", "end"}, {"exit_code", nullptr}, {"error", ""}};
-    if (*pump->result) {
-      end["exit_code"] = **pump->result;
+    if (result) {
+      end["exit_code"] = ExecExitCode(*result);
       end["state"] = "exited";
     } else {
       end["state"] = "failed";
-      end["error"] = pump->result->error().message;
+      end["error"] = result.error().message;
     }
-    pump->responder->Write(end.dump() + "\n");
-    pump->responder->Finish();
+    stream.responder->Write(end.dump() + "\n");
+    stream.responder->Finish();
   }
 
-  void ReadPipe(std::shared_ptr<ExecPump> pump, int i) {
-    static const char* kStreams[2] = {"stdout", "stderr"};
-    pump->pipes[i]->async_read_some(
-        asio::buffer(pump->buf[i]),
-        [self = shared_from_this(), pump, i](boost::system::error_code ec, size_t n) {
-          if (n > 0)
-            pump->responder->Write(OutputEvent(kStreams[i], std::string_view(pump->buf[i], n)));
-          if (ec) {
-            pump->open_pipes--;
-            self->FinishExec(pump);
-            return;
+  // A slow HTTP client: stop reading the exec's connection (so the sandbox's writes wait)
+  // until the responder drained; a client that went away cancels the exec.
+  void WaitForDrain(std::shared_ptr<ExecStream> stream) {
+    stream->drain_timer->expires_after(std::chrono::milliseconds(20));
+    stream->drain_timer->async_wait(
+        [self = shared_from_this(), stream](boost::system::error_code ec) {
+          if (ec || !stream->exec) return;
+          if (stream->responder->closed()) {
+            return stream->exec->Cancel(Error{ErrorCode::kCancelled, "the client went away"});
           }
-          self->ReadPipe(pump, i);
+          if (stream->responder->pending_bytes() < kMaxPendingBytes / 2) {
+            stream->drain_timer.reset();
+            return stream->exec->client().ResumeReading();
+          }
+          self->WaitForDrain(stream);
         });
+  }
+
+  void StartExecStream(std::shared_ptr<ExecStream> stream, const SandboxRecord& record,
+                       protocol::ExecStart start, const std::string& exec_id) {
+    if (record.state != SandboxState::kRunning) {
+      return EndExecStream(*stream, Fail(ErrorCode::kFailedPrecondition,
+                                         "sandbox " + record.id + " is not running (" +
+                                             std::string(StateName(record.state)) + ")"));
+    }
+    AsyncExec::Callbacks callbacks;
+    std::weak_ptr<ExecStream> weak = stream;
+    callbacks.on_output = [self = shared_from_this(), weak](protocol::Stream which,
+                                                            std::string_view data) {
+      auto stream = weak.lock();
+      if (!stream) return;
+      stream->responder->Write(
+          OutputEvent(which == protocol::Stream::kStdout ? "stdout" : "stderr", data));
+      if (stream->responder->pending_bytes() >= kMaxPendingBytes && !stream->drain_timer) {
+        stream->exec->client().PauseReading();
+        stream->drain_timer = std::make_unique<asio::steady_timer>(self->io);
+        self->WaitForDrain(stream);
+      }
+    };
+    // Holds the stream until the exec ends; the exec holds itself until its connection does.
+    callbacks.on_end = [self = shared_from_this(), stream,
+                        exec_id](Result<protocol::ExecExit> result) {
+      if (!exec_id.empty()) self->EndStdinSink(exec_id);
+      stream->drain_timer.reset();
+      EndExecStream(*stream, result);
+      stream->exec.reset();
+    };
+    SandboxStore store(config.node.state_dir);
+    stream->exec = AsyncExec::Start(io, store.ControlSocket(record.id), std::move(start),
+                                    std::move(callbacks));
+    if (!stream->exec) return;
+    Track(stream->exec->client());
+    if (!exec_id.empty() && stream->exec->client().connected()) {
+      AddStdinSink(exec_id, record.id, stream->exec);
+      stream->responder->Write(json{{"event", "started"}, {"exec_id", exec_id}}.dump() + "\n");
+    }
+    // The HTTP client went away (or the server stops): the exec dies with it, as it does
+    // for `tartarus exec` on the control socket.
+    stream->responder->OnClose([weak_self = weak_from_this(), weak] {
+      auto self = weak_self.lock();
+      if (!self) return;
+      asio::post(self->io, [weak] {
+        auto stream = weak.lock();
+        if (stream && stream->exec) {
+          stream->exec->Cancel(Error{ErrorCode::kCancelled, "the client went away"});
+        }
+      });
+    });
   }
 
   void Exec(http::Request& req, std::shared_ptr<http::Responder> responder) {
@@ -779,93 +857,59 @@ struct NodeAgent::Impl : std::enable_shared_from_this<NodeAgent::Impl> {
       return responder->Send(
           http::JsonError(400, "invalid_argument", "command: required", req.request_id));
     }
-    int out[2], err[2];
-    if (pipe2(out, O_CLOEXEC) != 0)
-      return responder->Send(http::ErrorResponse(ErrnoError("pipe2"), req.request_id));
-    if (pipe2(err, O_CLOEXEC) != 0) {
-      close(out[0]);
-      close(out[1]);
-      return responder->Send(http::ErrorResponse(ErrnoError("pipe2"), req.request_id));
-    }
+    SandboxStore store(config.node.state_dir);
+    auto record = store.Load(*run_id);
+    if (!record) return responder->Send(http::ErrorResponse(record.error(), req.request_id));
+    protocol::ExecStart start =
+        MakeExecStart(*record, command, env, workdir, user, timeout, with_stdin);
     // With stdin, the exec's first event names it, so that the client can address its
     // stdin; the sink exists before that event goes out.
     const std::string exec_id = with_stdin ? NewExecId() : "";
-    int in[2] = {-1, -1};
-    if (with_stdin && pipe2(in, O_CLOEXEC) != 0) {
-      close(out[0]);
-      close(out[1]);
-      close(err[0]);
-      close(err[1]);
-      return responder->Send(http::ErrorResponse(ErrnoError("pipe2"), req.request_id));
-    }
-    auto pump = std::make_shared<ExecPump>();
-    pump->responder = responder;
-    pump->pipes[0] = std::make_unique<asio::posix::stream_descriptor>(io, out[0]);
-    pump->pipes[1] = std::make_unique<asio::posix::stream_descriptor>(io, err[0]);
+    auto stream = std::make_shared<ExecStream>();
+    stream->responder = responder;
     responder->StartStream(200, "application/x-ndjson");
-    asio::post(io, [self = shared_from_this(), pump, exec_id, run_id = *run_id, in_w = in[1]] {
-      if (!exec_id.empty()) {
-        self->AddStdinSink(exec_id, run_id, in_w);
-        pump->responder->Write(json{{"event", "started"}, {"exec_id", exec_id}}.dump() + "\n");
-      }
-      self->ReadPipe(pump, 0);
-      self->ReadPipe(pump, 1);
+    asio::post(io, [self = shared_from_this(), stream, record = std::move(*record),
+                    start = std::move(start), exec_id]() mutable {
+      self->StartExecStream(stream, record, std::move(start), exec_id);
     });
-    std::thread([self = shared_from_this(), pump, run_id = *run_id, command, env, workdir, user,
-                 timeout, out_w = out[1], err_w = err[1], exec_id, in_r = in[0]] {
-      LocalNode local(self->config.node);
-      IoSinks io_sinks{in_r, out_w, err_w};
-      Result<int> result = local.Exec(run_id, command, env, workdir, user, timeout, io_sinks);
-      if (in_r >= 0) close(in_r);
-      close(out_w);
-      close(err_w);
-      asio::post(self->io, [self, pump, exec_id, result = std::move(result)]() mutable {
-        if (!exec_id.empty()) self->EndStdinSink(exec_id);
-        pump->result = std::move(result);
-        self->FinishExec(pump);
-      });
-    }).detach();
   }
 
-  // ---- stdin (docs/control-plane.md, "Stdin through the API") ----
+  // ---- stdin chunks ----
   //
-  // Every command whose stdin the API feeds has a pipe: its read end goes to a blocking
-  // copier (LocalNode::Exec's StdinPump, or FeedMainStdin for the main command), its write
-  // end stays here, on the io thread. A chunk is answered once the pipe took all of it, so
-  // what a writer can have in flight is one chunk + the pipe + the agent's stdin window.
+  // Every command whose stdin the API feeds has a sink: an AsyncExec (its exec's own
+  // connection) or an AsyncMainStdin (a connection opened by the first chunk). A chunk is
+  // answered once the sandbox took all of it: for an exec, once its last frame fits in the
+  // agent's stdin window; for the main command, once the supervisor answered its last frame.
   struct StdinSink {
     std::string run_id;
-    std::unique_ptr<asio::posix::stream_descriptor> pipe;  // the write end; null once closed
-    uint64_t accepted = 0;  // bytes taken so far: the next chunk's offset
-    bool busy = false;      // a chunk is being written
-    bool eof = false;       // the client closed stdin
-    bool ended = false;     // the command ended: nothing more is taken
+    std::shared_ptr<AsyncStdinTarget> target;  // null once closed or ended
+    uint64_t accepted = 0;                     // bytes taken so far: the next chunk's offset
+    bool busy = false;                         // a chunk is being written
+    bool eof = false;                          // the client closed stdin
+    bool ended = false;                        // the command ended: nothing more is taken
+    bool forget_scheduled = false;
   };
   // By exec id, or by "main:" + run id. Touched only on the io thread.
   std::map<std::string, std::shared_ptr<StdinSink>> stdin_sinks;
 
-  // A new sink around the write end of a pipe (on the io thread).
-  void AddStdinSink(const std::string& key, const std::string& run_id, int write_end) {
-    // A bigger pipe means fewer wake-ups for large inputs; the default still works.
-    (void)fcntl(write_end, F_SETPIPE_SZ, 1 << 20);
+  void AddStdinSink(const std::string& key, const std::string& run_id,
+                    std::shared_ptr<AsyncStdinTarget> target) {
     auto sink = std::make_shared<StdinSink>();
     sink->run_id = run_id;
-    sink->pipe = std::make_unique<asio::posix::stream_descriptor>(io, write_end);
+    sink->target = std::move(target);
     stdin_sinks[key] = sink;
   }
 
-  // On the io thread once the copier returned: later chunks get 409, and the sink is
-  // forgotten after a while.
+  // On the io thread once the command (or its connection) ended: later chunks get 409, and
+  // the sink is forgotten after a while.
   void EndStdinSink(const std::string& key) {
     auto it = stdin_sinks.find(key);
     if (it == stdin_sinks.end()) return;
     auto sink = it->second;
     sink->ended = true;
-    if (sink->pipe) {
-      boost::system::error_code ignored;
-      sink->pipe->close(ignored);
-      sink->pipe.reset();
-    }
+    sink->target.reset();
+    if (sink->forget_scheduled) return;
+    sink->forget_scheduled = true;
     auto timer = std::make_shared<asio::steady_timer>(io, kEndedStdinMemory);
     std::weak_ptr<Impl> weak = shared_from_this();
     timer->async_wait([weak, key, sink, timer](boost::system::error_code) {
@@ -905,34 +949,33 @@ struct NodeAgent::Impl : std::enable_shared_from_this<NodeAgent::Impl> {
       if (!data.empty()) return conflict("stdin_closed", "stdin of " + what + " was closed");
       return responder->Send(JsonResponse(200, StdinAnswer(*sink)));
     }
-    auto finish = [this, sink, eof, responder] {
-      if (eof) {
-        sink->eof = true;
-        if (sink->pipe) {
-          boost::system::error_code ignored;
-          sink->pipe->close(ignored);  // the copier reads end of file and closes stdin
-          sink->pipe.reset();
-        }
-      }
-      responder->Send(JsonResponse(200, StdinAnswer(*sink)));
+    auto finish = [sink, eof, responder] {
+      if (!eof || !sink->target) return responder->Send(JsonResponse(200, StdinAnswer(*sink)));
+      // End of file: answered once the close went out (for the main command: once the
+      // supervisor closed the command's stdin), whether or not the command still runs.
+      sink->eof = true;
+      sink->busy = true;
+      auto target = std::move(sink->target);
+      target->CloseStdin([sink, responder](Status) {
+        sink->busy = false;
+        responder->Send(JsonResponse(200, StdinAnswer(*sink)));
+      });
     };
     if (data.empty()) return finish();
     sink->busy = true;
-    auto bytes = std::make_shared<std::string>(std::move(data));
-    asio::async_write(
-        *sink->pipe, asio::buffer(*bytes),
-        [sink, bytes, responder, request_id, what, finish](boost::system::error_code ec,
-                                                           size_t written) {
-          sink->busy = false;
-          sink->accepted += written;
-          if (ec) {
-            // The copier closed the read end: the command ended while we waited.
-            sink->ended = true;
-            return responder->Send(http::JsonError(
-                409, "stdin_closed", what + " has ended: its stdin is closed", request_id));
-          }
-          finish();
-        });
+    sink->target->WriteStdin(std::move(data), [sink, responder, request_id, what, finish](
+                                                  uint64_t taken, Status status) {
+      sink->busy = false;
+      sink->accepted += taken;
+      if (!status) {
+        // The command ended (or its connection did) while we waited.
+        sink->ended = true;
+        sink->target.reset();
+        return responder->Send(http::JsonError(
+            409, "stdin_closed", what + " has ended: its stdin is closed", request_id));
+      }
+      finish();
+    });
   }
 
   // POST /v1/node/sandboxes/{id}/stdin and /v1/node/sandboxes/{id}/execs/{exec}/stdin.
@@ -959,7 +1002,7 @@ struct NodeAgent::Impl : std::enable_shared_from_this<NodeAgent::Impl> {
                  });
       return;
     }
-    // The main command: its copier starts with the first chunk.
+    // The main command: its connection opens with the first chunk.
     SandboxStore store(config.node.state_dir);
     auto record = store.Load(*run_id);
     if (!record) return responder->Send(http::ErrorResponse(record.error(), req.request_id));
@@ -972,7 +1015,8 @@ struct NodeAgent::Impl : std::enable_shared_from_this<NodeAgent::Impl> {
     }
     bool final = IsFinal(record->state);
     asio::post(io, [self = shared_from_this(), run_id = *run_id, offset = *offset, eof, final,
-                    body = std::move(req.body), responder, request_id = req.request_id]() mutable {
+                    socket = store.ControlSocket(*run_id), body = std::move(req.body), responder,
+                    request_id = req.request_id]() mutable {
       const std::string key = "main:" + run_id;
       auto it = self->stdin_sinks.find(key);
       if (it == self->stdin_sinks.end()) {
@@ -981,22 +1025,20 @@ struct NodeAgent::Impl : std::enable_shared_from_this<NodeAgent::Impl> {
               http::JsonError(409, "stdin_closed",
                               "the sandbox's command has ended: its stdin is closed", request_id));
         }
-        int fds[2];
-        if (pipe2(fds, O_CLOEXEC) != 0) {
-          return responder->Send(http::ErrorResponse(ErrnoError("pipe2"), request_id));
-        }
-        int read_end = fds[0];
-        self->AddStdinSink(key, run_id, fds[1]);
-        std::thread([self, run_id, key, read_end] {
-          LocalNode local(self->config.node);
-          Status fed = local.FeedMainStdin(run_id, read_end, self->stdin_stop.Get());
-          close(read_end);
-          if (!fed && fed.error().code != ErrorCode::kCancelled) {
-            telemetry::LogJson("info", "main command stdin ended",
-                               {{"run", run_id}, {"why", fed.error().message}});
-          }
-          asio::post(self->io, [self, key] { self->EndStdinSink(key); });
-        }).detach();
+        std::weak_ptr<Impl> weak = self;
+        auto feeder =
+            AsyncMainStdin::Start(self->io, socket, [weak, run_id, key](const Error& why) {
+              auto self = weak.lock();
+              if (!self) return;
+              if (why.code != ErrorCode::kCancelled) {
+                telemetry::LogJson("info", "main command stdin ended",
+                                   {{"run", run_id}, {"why", why.message}});
+              }
+              // Not from inside the connection's own callback chain: the sink may be mid-chunk.
+              asio::post(self->io, [self, key] { self->EndStdinSink(key); });
+            });
+        self->Track(feeder->client());
+        self->AddStdinSink(key, run_id, feeder);
         it = self->stdin_sinks.find(key);
       }
       self->ApplyStdin(it->second, offset, eof, std::move(body), responder, request_id,
@@ -1172,11 +1214,18 @@ Result<std::unique_ptr<NodeAgent>> NodeAgent::Start(NodeAgentConfig config) {
 
 void NodeAgent::Stop() {
   if (!impl_ || impl_->stopping.exchange(true)) return;
-  uint64_t one = 1;
-  (void)!write(impl_->stdin_stop.Get(), &one, sizeof one);
   if (impl_->loop_thread.joinable()) impl_->loop_thread.join();
   if (impl_->report_thread.joinable()) impl_->report_thread.join();
   impl_->server->Stop();
+  // Every exec and stdin stream ends (their execs are killed) while the io thread still
+  // runs them; a wedged io thread must not hang the stop.
+  auto closed = std::make_shared<std::promise<void>>();
+  auto closed_future = closed->get_future();
+  asio::post(impl_->io, [raw = impl_.get(), closed] {
+    raw->CloseStreams();
+    closed->set_value();
+  });
+  (void)closed_future.wait_for(std::chrono::seconds(10));
   impl_->work.reset();
   impl_->io.stop();
   if (impl_->io_thread.joinable()) impl_->io_thread.join();

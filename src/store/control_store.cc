@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/sha256.h"
+#include "store/database_internal.h"
 
 namespace tartarus::store {
 namespace {
@@ -298,6 +299,88 @@ Status AssignJob(Database& tx, const JobRow& job, const NodeRow& node, int64_t n
   return tx.Exec(kNode, std::move(params));
 }
 
+// ---- Themis's counters (schema 4): tenant_usage holds each tenant's active count and its
+// creation-rate windows, changed in the same transaction as the sandboxes they count.
+
+static_assert(internal::kRateWindows.size() == kRateWindowLengthsMs.size());
+
+bool IsActiveSandboxState(std::string_view state) {
+  return state == "queued" || state == "assigned" || state == "running";
+}
+
+// How a sandbox's move from `before` to `after` changes its tenant's active count.
+int64_t ActiveDelta(std::string_view before, std::string_view after) {
+  return int64_t{IsActiveSandboxState(after)} - int64_t{IsActiveSandboxState(before)};
+}
+
+// Changes to tenants' active counts, by tenant id. Applied as the last step of a
+// transaction, in tenant id order: tenant rows are locked after job and node rows, and in
+// one order everywhere, so transactions that touch several tenants cannot deadlock.
+using ActiveDeltas = std::map<std::string, int64_t>;
+
+Status ApplyActiveDeltas(Database& tx, const ActiveDeltas& deltas) {
+  for (const auto& [tenant_id, delta] : deltas) {
+    if (delta == 0) continue;
+    // An upsert, so a tenant whose row is missing (a hand-edited store) still gets one.
+    TRY(tx.Exec(
+        "INSERT INTO tenant_usage (tenant_id, active) VALUES ($1, $2) ON CONFLICT (tenant_id) "
+        "DO UPDATE SET active = tenant_usage.active + excluded.active",
+        {tenant_id, delta}));
+  }
+  return Ok();
+}
+
+Status ApplyActiveDelta(Database& tx, const std::string& tenant_id, std::string_view before,
+                        std::string_view after) {
+  return ApplyActiveDeltas(tx, {{tenant_id, ActiveDelta(before, after)}});
+}
+
+// The upsert that counts one creation: active + 1, and each rate window moved to the window
+// that holds the creation ($starts[i], its start) before counting it. A creation older than
+// the current window (another replica's clock behind) counts in the current one.
+std::string CountCreationSql(std::string_view tenant, const std::array<std::string, 3>& starts) {
+  std::string columns = "tenant_id, active", values = std::string(tenant) + ", 1";
+  std::string updates = "active = tenant_usage.active + 1";
+  for (size_t i = 0; i < internal::kRateWindows.size(); ++i) {
+    const internal::RateWindowColumns& w = internal::kRateWindows[i];
+    const std::string old_start = "tenant_usage." + w.start, next_start = "excluded." + w.start;
+    const std::string length = std::to_string(w.length_ms);
+    columns += ", " + w.start + ", " + w.current + ", " + w.previous;
+    values += ", " + starts[i] + ", 1, 0";
+    // SET expressions all read the row as it was before the update.
+    updates += ", " + w.previous + " = CASE WHEN " + next_start + " = " + old_start + " + " +
+               length + " THEN tenant_usage." + w.current + " WHEN " + next_start + " > " +
+               old_start + " THEN 0 ELSE tenant_usage." + w.previous + " END";
+    updates += ", " + w.current + " = CASE WHEN " + next_start + " > " + old_start +
+               " THEN 1 ELSE tenant_usage." + w.current + " + 1 END";
+    updates += ", " + w.start + " = CASE WHEN " + next_start + " > " + old_start + " THEN " +
+               next_start + " ELSE " + old_start + " END";
+  }
+  return "INSERT INTO tenant_usage (" + columns + ") VALUES (" + values +
+         ") ON CONFLICT (tenant_id) DO UPDATE SET " + updates;
+}
+
+std::string TenantUsageColumns(std::string_view prefix) {
+  std::string out = std::string(prefix) + "active";
+  for (const internal::RateWindowColumns& w : internal::kRateWindows) {
+    for (const std::string* column : {&w.start, &w.current, &w.previous}) {
+      out += ", " + std::string(prefix) + *column;
+    }
+  }
+  return out;
+}
+constexpr size_t kTenantUsageColumnCount = 10;
+
+TenantUsageRow ParseTenantUsage(const std::string& tenant_id, const Row& row, size_t at = 0) {
+  TenantUsageRow usage{.tenant_id = tenant_id, .active = row.Int(at)};
+  for (size_t i = 0; i < usage.windows.size(); ++i) {
+    usage.windows[i] = RateWindow{.start_ms = row.Int(at + 1 + 3 * i),
+                                  .current = row.Int(at + 2 + 3 * i),
+                                  .previous = row.Int(at + 3 + 3 * i)};
+  }
+  return usage;
+}
+
 std::string PageToken(const SandboxRow& row) {
   return std::to_string(row.created_ms) + "." + row.id;
 }
@@ -509,7 +592,8 @@ Result<std::pair<SandboxRow, bool>> ControlStore::CreateSandbox(const SandboxRow
   };
 
   // One parameter list for both inserts: $1..$10 the sandbox, $11..$21 its job ($1 is the
-  // job's id too), $22 the wake-up channel.
+  // job's id too), $22 the wake-up channel, $23..$25 the starts of the tenant's rate
+  // windows that hold created_ms.
   constexpr std::string_view kInsertSandbox =
       "INSERT INTO sandboxes (id, tenant_id, template, runtime, state, spec_json, labels_json, "
       "attempt, created_ms, idempotency_key, reason) "
@@ -541,12 +625,21 @@ Result<std::pair<SandboxRow, bool>> ControlStore::CreateSandbox(const SandboxRow
                             MapToJson(job.selector),
                             job.reason,
                             std::string(kJobsChannel)};
+  std::array<int64_t, 3> window_starts;
+  params.resize(22 + window_starts.size());  // assigned, not pushed: see BackfillTenantUsage
+  for (size_t i = 0; i < window_starts.size(); ++i) {
+    window_starts[i] =
+        internal::RateWindowStart(sandbox.created_ms, internal::kRateWindows[i].length_ms);
+    params[22 + i] = window_starts[i];
+  }
   bool postgres = db_->dialect() == Dialect::kPostgres;
-  // PostgreSQL: both inserts and the wake-up in one statement, which is its own transaction
-  // (one round trip instead of five; the notification goes out at its commit). The
-  // idempotency check needs a read first, so keyed creates take the transaction below.
-  const std::string insert_and_notify = "WITH s AS (" + std::string(kInsertSandbox) + "), j AS (" +
-                                        std::string(kInsertJob) + ") SELECT pg_notify($22, '')";
+  // PostgreSQL: both inserts, the tenant's counters and the wake-up in one statement, which
+  // is its own transaction (one round trip instead of six; the notification goes out at its
+  // commit). The idempotency check needs a read first, so keyed creates take the transaction
+  // below.
+  const std::string insert_and_notify =
+      "WITH s AS (" + std::string(kInsertSandbox) + "), j AS (" + std::string(kInsertJob) +
+      "), u AS (" + CountCreationSql("$2", {"$23", "$24", "$25"}) + ") SELECT pg_notify($22, '')";
 
   std::optional<SandboxRow> existing;
   Status status = Ok();
@@ -563,7 +656,9 @@ Result<std::pair<SandboxRow, bool>> ControlStore::CreateSandbox(const SandboxRow
       // SQLite numbers placeholders by the highest one used, so the job keeps $1..$21 and
       // the sandbox insert gets the list cut after $10.
       TRY(tx.Exec(kInsertSandbox, std::vector<Value>(params.begin(), params.begin() + 10)));
-      return tx.Exec(kInsertJob, std::vector<Value>(params.begin(), params.begin() + 21));
+      TRY(tx.Exec(kInsertJob, std::vector<Value>(params.begin(), params.begin() + 21)));
+      return tx.Exec(CountCreationSql("$1", {"$2", "$3", "$4"}),
+                     {sandbox.tenant_id, window_starts[0], window_starts[1], window_starts[2]});
     });
   }
   if (!status) {
@@ -580,6 +675,25 @@ Result<std::pair<SandboxRow, bool>> ControlStore::CreateSandbox(const SandboxRow
 }
 
 Result<SandboxRow> ControlStore::GetSandbox(const std::string& id) { return LoadSandbox(*db_, id); }
+
+Result<std::vector<std::string>> ControlStore::FindSandboxIdsByPrefix(const std::string& tenant_id,
+                                                                      const std::string& prefix,
+                                                                      int limit) {
+  // substr rather than LIKE (no escaping) or a range (PostgreSQL's collation may not order
+  // ids bytewise); the tenant's index bounds the scan.
+  std::string sql =
+      "SELECT id FROM sandboxes WHERE substr(id, 1, " + std::to_string(prefix.size()) + ") = $1";
+  std::vector<Value> params{prefix};
+  if (!tenant_id.empty()) {
+    params.push_back(tenant_id);
+    sql += " AND tenant_id = $2";
+  }
+  sql += " ORDER BY id LIMIT " + std::to_string(std::max(1, limit));
+  auto rows = TRY(db_->Query(sql, params));
+  std::vector<std::string> ids;
+  for (const Row& row : rows) ids.push_back(row.Text(0));
+  return ids;
+}
 
 Result<SandboxPage> ControlStore::ListSandboxes(const SandboxFilter& filter) {
   int limit = std::clamp(filter.limit <= 0 ? 100 : filter.limit, 1, 1000);
@@ -630,6 +744,44 @@ Result<SandboxPage> ControlStore::ListSandboxes(const SandboxFilter& filter) {
   return page;
 }
 
+Result<AdmissionSnapshot> ControlStore::ReadAdmission(const std::string& tenant_id) {
+  // One row per policy (or one row of NULLs when there is none), each carrying the tenant's
+  // counters (NULLs when the tenant has no row yet).
+  auto rows =
+      TRY(db_->Query("SELECT " + TenantUsageColumns("u.") + ", " +
+                         Columns("p.", {"name", "tenant", "template", "yaml", "updated_ms"}) +
+                         " FROM (SELECT 1 AS one) o "
+                         "LEFT JOIN tenant_usage u ON u.tenant_id = $1 "
+                         "LEFT JOIN policies p ON 1 = 1 ORDER BY p.name",
+                     {tenant_id}));
+  AdmissionSnapshot snapshot;
+  snapshot.usage.tenant_id = tenant_id;
+  if (!rows.empty()) snapshot.usage = ParseTenantUsage(tenant_id, rows[0]);
+  for (const Row& row : rows) {
+    if (row.IsNull(kTenantUsageColumnCount)) continue;
+    Row policy;
+    policy.values.assign(row.values.begin() + kTenantUsageColumnCount, row.values.end());
+    snapshot.policies.push_back(ParsePolicy(policy));
+  }
+  return snapshot;
+}
+
+Result<TenantUsageRow> ControlStore::GetTenantUsage(const std::string& tenant_id) {
+  auto rows = TRY(db_->Query(
+      "SELECT " + TenantUsageColumns("") + " FROM tenant_usage WHERE tenant_id = $1", {tenant_id}));
+  if (rows.empty()) return TenantUsageRow{.tenant_id = tenant_id};
+  return ParseTenantUsage(tenant_id, rows[0]);
+}
+
+Result<std::map<std::string, int64_t>> ControlStore::RecomputeActiveSandboxes() {
+  auto rows =
+      TRY(db_->Query("SELECT tenant_id, COUNT(*) FROM sandboxes WHERE state IN ('queued', "
+                     "'assigned', 'running') GROUP BY tenant_id"));
+  std::map<std::string, int64_t> out;
+  for (const Row& row : rows) out[row.Text(0)] = row.Int(1);
+  return out;
+}
+
 Result<int64_t> ControlStore::CountActiveSandboxes(const std::string& tenant_id) {
   auto rows = TRY(db_->Query(
       "SELECT COUNT(*) FROM sandboxes WHERE tenant_id = $1 AND state IN ('queued', 'assigned', "
@@ -657,6 +809,7 @@ Result<SandboxRow> ControlStore::RequestKill(const std::string& id, int64_t now_
                   {id, now_ms}));
       TRY(tx.Exec("UPDATE jobs SET state = 'done', reason = '', updated_ms = $2 WHERE id = $1",
                   {id, now_ms}));
+      TRY(ApplyActiveDelta(tx, sandbox.tenant_id, sandbox.state, "killed"));
     } else if (sandbox.state == "assigned" || sandbox.state == "running") {
       TRY(tx.Exec("UPDATE sandboxes SET kill_requested = 1 WHERE id = $1", {id}));
     }
@@ -696,6 +849,7 @@ Result<int> ControlStore::ScheduleBatch(int64_t now_ms, int limit, const PlaceFn
   int assigned = 0;
   auto status = db_->Transaction([&](Database& tx) -> Status {
     assigned = 0;
+    ActiveDeltas deltas;  // sandboxes failed for their deadline
     bool postgres = tx.dialect() == Dialect::kPostgres;
     auto job_rows = TRY(tx.Query("SELECT " + JobColumns() +
                                      " FROM jobs WHERE state = 'queued' AND available_ms <= $1 "
@@ -746,6 +900,7 @@ Result<int> ControlStore::ScheduleBatch(int64_t now_ms, int limit, const PlaceFn
             "WHERE id = $1",
             {job.id, error, reason, now_ms}));
         SandboxRow sandbox = TRY(LoadSandbox(tx, job.id));
+        deltas[sandbox.tenant_id] += ActiveDelta("queued", sandbox.state);
         TRY(InsertError(tx, ErrorRow{.tenant_id = sandbox.tenant_id,
                                      .sandbox_id = job.id,
                                      .kind = "scheduling",
@@ -759,7 +914,7 @@ Result<int> ControlStore::ScheduleBatch(int64_t now_ms, int limit, const PlaceFn
         TRY(tx.Exec("UPDATE sandboxes SET reason = $2 WHERE id = $1", {job.id, reason}));
       }
     }
-    return Ok();
+    return ApplyActiveDeltas(tx, deltas);
   });
   if (!status) return Fail(status.error().Context("scheduling"));
   return assigned;
@@ -927,6 +1082,7 @@ Status ControlStore::ReportFinished(const std::string& sandbox_id, const std::st
                  int64_t{result.signal}, int64_t{result.timed_out ? 1 : 0}, result.error, now_ms}));
     TRY(tx.Exec("UPDATE jobs SET state = 'done', reason = '', updated_ms = $2 WHERE id = $1",
                 {sandbox_id, now_ms}));
+    TRY(ApplyActiveDelta(tx, sandbox.tenant_id, sandbox.state, result.state));
     if (result.state == "failed" || result.timed_out) {
       std::string message = result.error;
       if (message.empty()) message = result.timed_out ? "timed out" : "failed";
@@ -952,7 +1108,9 @@ Status ControlStore::ReportRetryableFailure(const std::string& sandbox_id,
     requeued = false;
     TRY(ReleaseReservation(tx, job));  // every branch below moves the job off the node
     std::string message = error.empty() ? "the runtime failed to start the sandbox" : error;
+    std::string next_state = "queued";
     if (sandbox.kill_requested) {
+      next_state = "killed";
       // Nobody wants it any more: do not try again.
       TRY(tx.Exec(
           "UPDATE sandboxes SET state = 'killed', error = $2, finished_ms = $3 WHERE id = $1",
@@ -960,6 +1118,7 @@ Status ControlStore::ReportRetryableFailure(const std::string& sandbox_id,
       TRY(tx.Exec("UPDATE jobs SET state = 'done', last_error = $2, updated_ms = $3 WHERE id = $1",
                   {sandbox_id, message, now_ms}));
     } else if (job.attempts >= job.max_attempts) {
+      next_state = "failed";
       TRY(tx.Exec("UPDATE jobs SET state = 'dead', last_error = $2, updated_ms = $3 WHERE id = $1",
                   {sandbox_id, message, now_ms}));
       TRY(tx.Exec(
@@ -980,13 +1139,14 @@ Status ControlStore::ReportRetryableFailure(const std::string& sandbox_id,
           {sandbox_id, reason}));
       requeued = true;
     }
-    return InsertError(tx, ErrorRow{.tenant_id = sandbox.tenant_id,
-                                    .sandbox_id = sandbox_id,
-                                    .node_id = node_id,
-                                    .kind = "runtime",
-                                    .message = message,
-                                    .context_json = Dump(json{{"attempt", attempt}}),
-                                    .created_ms = now_ms});
+    TRY(InsertError(tx, ErrorRow{.tenant_id = sandbox.tenant_id,
+                                 .sandbox_id = sandbox_id,
+                                 .node_id = node_id,
+                                 .kind = "runtime",
+                                 .message = message,
+                                 .context_json = Dump(json{{"attempt", attempt}}),
+                                 .created_ms = now_ms}));
+    return ApplyActiveDelta(tx, sandbox.tenant_id, sandbox.state, next_state);
   });
   if (!status) return status;
   if (requeued) (void)db_->Notify(kJobsChannel);
@@ -999,6 +1159,7 @@ Result<int> ControlStore::ExpireLeases(int64_t now_ms) {
   auto status = db_->Transaction([&](Database& tx) -> Status {
     lost = 0;
     requeued = false;
+    ActiveDeltas deltas;  // sandboxes killed or lost with their node
     bool postgres = tx.dialect() == Dialect::kPostgres;
     auto nodes = TRY(tx.Query(
         "SELECT id FROM nodes WHERE state <> 'lost' AND lease_ms < $1 ORDER BY id", {now_ms}));
@@ -1030,7 +1191,9 @@ Result<int> ControlStore::ExpireLeases(int64_t now_ms) {
         SandboxRow sandbox = ParseSandbox(row, 18);
         std::string message =
             "node " + node_id + " lost (its lease lapsed) while the sandbox was " + sandbox.state;
+        std::string next_state = "queued";
         if (sandbox.kill_requested) {
+          next_state = "killed";
           TRY(tx.Exec(
               "UPDATE sandboxes SET state = 'killed', error = $2, finished_ms = $3 WHERE id = $1",
               {job.id, message, now_ms}));
@@ -1038,6 +1201,7 @@ Result<int> ControlStore::ExpireLeases(int64_t now_ms) {
               "UPDATE jobs SET state = 'done', last_error = $2, updated_ms = $3 WHERE id = $1",
               {job.id, message, now_ms}));
         } else if (job.attempts >= job.max_attempts) {
+          next_state = "lost";
           TRY(tx.Exec(
               "UPDATE jobs SET state = 'dead', last_error = $2, updated_ms = $3 WHERE id = $1",
               {job.id, message, now_ms}));
@@ -1065,9 +1229,10 @@ Result<int> ControlStore::ExpireLeases(int64_t now_ms) {
                                      .message = message,
                                      .context_json = Dump(json{{"attempt", sandbox.attempt}}),
                                      .created_ms = now_ms}));
+        deltas[sandbox.tenant_id] += ActiveDelta(sandbox.state, next_state);
       }
     }
-    return Ok();
+    return ApplyActiveDeltas(tx, deltas);
   });
   if (!status) return Fail(status.error().Context("expiring node leases"));
   if (requeued) (void)db_->Notify(kJobsChannel);
@@ -1100,7 +1265,7 @@ Status ControlStore::ReplayDeadJob(const std::string& id, int64_t now_ms) {
                 "exit_code = NULL, signal = 0, timed_out = 0, kill_requested = 0, started_ms = 0, "
                 "finished_ms = 0 WHERE id = $1",
                 {id}));
-    return Ok();
+    return ApplyActiveDelta(tx, sandbox.tenant_id, sandbox.state, "queued");
   });
   if (!status) return status;
   (void)db_->Notify(kJobsChannel);
@@ -1156,6 +1321,24 @@ Result<std::vector<ErrorRow>> ControlStore::ListErrors(const ErrorFilter& filter
 
 void ControlStore::WaitForJobs(std::chrono::milliseconds timeout) {
   db_->WaitForNotification(kJobsChannel, timeout);
+}
+
+std::optional<int64_t> TenantUsageRow::CreatedWithin(int64_t window_ms, int64_t now_ms) const {
+  auto length = std::find(kRateWindowLengthsMs.begin(), kRateWindowLengthsMs.end(), window_ms);
+  if (length == kRateWindowLengthsMs.end()) return std::nullopt;
+  const RateWindow& w = windows[length - kRateWindowLengthsMs.begin()];
+  int64_t now_start = internal::RateWindowStart(now_ms, window_ms);
+  // A count of the window before now's, weighted by the share of it that the sliding window
+  // [now - window, now] still covers, rounded up.
+  auto weighted = [&](int64_t count) {
+    int64_t covered = window_ms - (now_ms - now_start);  // 1..window_ms
+    // count <= creations ever made, covered <= 1 h: no overflow before 2^40 creations.
+    return (count * covered + window_ms - 1) / window_ms;
+  };
+  if (now_start == w.start_ms) return w.current + weighted(w.previous);
+  if (now_start == w.start_ms + window_ms) return weighted(w.current);
+  if (now_start < w.start_ms) return w.current + w.previous;  // our clock is behind: count all
+  return 0;                                                   // nothing in the last two windows
 }
 
 bool IsFinalSandboxState(std::string_view state) {

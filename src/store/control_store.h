@@ -7,6 +7,7 @@
 // so a simulation can drive it with a fake one.
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -93,6 +94,35 @@ struct NodeRow {
 struct NodeReservation {
   int64_t millicpus = 0, memory_bytes = 0;
   int active_jobs = 0;
+};
+
+// One fixed window of a tenant's creations: the window that holds the latest creation
+// counted (start_ms, a multiple of the length) and the one just before it.
+struct RateWindow {
+  int64_t start_ms = 0, current = 0, previous = 0;
+};
+
+// Themis's counters for one tenant (schema 4), on one row kept in step by every transaction
+// that creates a sandbox or moves one into or out of queued/assigned/running.
+struct TenantUsageRow {
+  std::string tenant_id;
+  int64_t active = 0;  // sandboxes queued, assigned or running
+  // Creations in fixed windows of 1 s, 1 min and 1 h (kRateWindowLengthsMs).
+  std::array<RateWindow, 3> windows;
+
+  // The tenant's creations within the last `window_ms` before now_ms, estimated from the
+  // two fixed windows of that length (a sliding-window counter): the current window's
+  // count plus the previous one's weighted by how much of it the sliding window still
+  // covers, rounded up. Exact when the creations of the previous window were spread evenly;
+  // nullopt for a length that is not kept (only 1 s, 1 min and 1 h are).
+  std::optional<int64_t> CreatedWithin(int64_t window_ms, int64_t now_ms) const;
+};
+inline constexpr std::array<int64_t, 3> kRateWindowLengthsMs = {1000, 60'000, 3'600'000};
+
+// What admission reads, in one round trip: every policy and the tenant's counters.
+struct AdmissionSnapshot {
+  std::vector<PolicyRow> policies;
+  TenantUsageRow usage;
 };
 
 // Cocytus. kind: admission scheduling runtime guest timeout node_lost internal
@@ -183,9 +213,23 @@ class ControlStore {
   // sandbox and false; a fresh insert returns true.
   Result<std::pair<SandboxRow, bool>> CreateSandbox(const SandboxRow& sandbox, const JobRow& job);
   Result<SandboxRow> GetSandbox(const std::string& id);
+  // Up to `limit` ids (sorted) of sandboxes whose id starts with `prefix`, of one tenant
+  // (all tenants when tenant_id is empty): short ids, as `tartarus ps` users type them.
+  Result<std::vector<std::string>> FindSandboxIdsByPrefix(const std::string& tenant_id,
+                                                          const std::string& prefix, int limit);
   Result<SandboxPage> ListSandboxes(const SandboxFilter& filter);
+  // Themis's reads: the policies and the tenant's counters (all zero for a tenant with no
+  // sandboxes yet) in one statement, O(policies) whatever the number of sandboxes.
+  Result<AdmissionSnapshot> ReadAdmission(const std::string& tenant_id);
+  Result<TenantUsageRow> GetTenantUsage(const std::string& tenant_id);
+  // Exact counts over the sandbox rows, O(the tenant's sandboxes): for checking the
+  // counters, and for a rate window the counters do not keep. Deleted sandboxes are not
+  // counted here (the counters keep their creations).
   Result<int64_t> CountActiveSandboxes(const std::string& tenant_id);  // queued assigned running
   Result<int64_t> CountSandboxesCreatedSince(const std::string& tenant_id, int64_t since_ms);
+  // TenantUsageRow::active of every tenant recomputed from the sandboxes (tenants with none
+  // active are absent): for checking the stored counters, not for admission.
+  Result<std::map<std::string, int64_t>> RecomputeActiveSandboxes();
   // queued -> killed at once (job done); assigned/running -> kill_requested (delivered by the
   // heartbeat); final -> no-op. Returns the sandbox as it is afterwards.
   Result<SandboxRow> RequestKill(const std::string& id, int64_t now_ms);

@@ -240,6 +240,34 @@ TEST_P(ControlStoreTest, IdempotencyKeys) {
   EXPECT_EQ(bad.error().code, ErrorCode::kInvalidArgument);
 }
 
+TEST_P(ControlStoreTest, ShortIdsResolveByPrefixWithinATenant) {
+  auto other = store_->CreateTenant("globex");
+  ASSERT_TRUE(other);
+  SandboxRow mine = Create(kT0);
+  SandboxRow theirs = Create(kT0, 1000, "", {}, 3, other->id);
+  auto one = store_->FindSandboxIdsByPrefix(tenant_.id, mine.id.substr(0, 12), 3);
+  ASSERT_TRUE(one) << one.error().message;
+  EXPECT_EQ(*one, std::vector<std::string>{mine.id});
+  // Another tenant's sandbox is not found through this tenant, only through all of them.
+  auto hidden = store_->FindSandboxIdsByPrefix(tenant_.id, theirs.id.substr(0, 12), 3);
+  ASSERT_TRUE(hidden);
+  EXPECT_TRUE(hidden->empty());
+  auto all = store_->FindSandboxIdsByPrefix("", "sb_", 5);
+  ASSERT_TRUE(all);
+  EXPECT_EQ(all->size(), 2u);
+  EXPECT_TRUE(std::is_sorted(all->begin(), all->end()));
+  // The limit bounds the answer; a full id is its own prefix; LIKE's wildcards are literal.
+  auto limited = store_->FindSandboxIdsByPrefix("", "sb_", 1);
+  ASSERT_TRUE(limited);
+  EXPECT_EQ(limited->size(), 1u);
+  auto full = store_->FindSandboxIdsByPrefix(tenant_.id, mine.id, 3);
+  ASSERT_TRUE(full);
+  EXPECT_EQ(*full, std::vector<std::string>{mine.id});
+  auto wildcard = store_->FindSandboxIdsByPrefix("", "sb%", 3);
+  ASSERT_TRUE(wildcard);
+  EXPECT_TRUE(wildcard->empty());
+}
+
 TEST_P(ControlStoreTest, ListFiltersAndPaging) {
   auto other = store_->CreateTenant("globex");
   ASSERT_TRUE(other);
@@ -399,8 +427,9 @@ TEST_P(ControlStoreTest, ConcurrentSchedulersNeverOvercommit) {
 }
 
 // The reservation columns on the node rows equal the sums over each node's assigned and
-// running jobs; `where` names the step for the failure message.
-void ExpectReservationsExact(ControlStore& store, const std::string& where) {
+// running jobs, and each tenant's active counter equals its queued, assigned and running
+// sandboxes; `where` names the step for the failure message.
+void ExpectCountersExact(ControlStore& store, const std::string& where) {
   auto nodes = store.ListNodes();
   auto sums = store.RecomputeReservations();
   ASSERT_TRUE(nodes && sums) << where;
@@ -410,6 +439,20 @@ void ExpectReservationsExact(ControlStore& store, const std::string& where) {
     EXPECT_EQ(node.reserved_millicpus, want.millicpus) << where << ": " << node.id;
     EXPECT_EQ(node.reserved_memory_bytes, want.memory_bytes) << where << ": " << node.id;
     EXPECT_EQ(node.active_jobs, want.active_jobs) << where << ": " << node.id;
+  }
+  auto recomputed = store.RecomputeActiveSandboxes();
+  auto stored = store.db().Query("SELECT tenant_id, active FROM tenant_usage");
+  ASSERT_TRUE(recomputed && stored) << where;
+  std::map<std::string, int64_t> counters;
+  for (const Row& row : *stored) {
+    if (row.Int(1) != 0) counters[row.Text(0)] = row.Int(1);
+  }
+  EXPECT_EQ(counters, *recomputed) << where << ": tenant active counters";
+  for (const auto& [tenant_id, active] : *recomputed) {
+    auto usage = store.GetTenantUsage(tenant_id);
+    ASSERT_TRUE(usage) << where;
+    EXPECT_EQ(usage->active, active) << where << ": " << tenant_id;
+    EXPECT_EQ(*store.CountActiveSandboxes(tenant_id), active) << where << ": " << tenant_id;
   }
 }
 
@@ -429,7 +472,7 @@ TEST_P(ControlStoreTest, ReservationColumnsFollowEveryStateChange) {
   auto schedule = [&](int64_t now) {
     auto assigned = store_->ScheduleBatch(now, 50, ready_first_fit);
     EXPECT_TRUE(assigned) << assigned.error().message;
-    ExpectReservationsExact(*store_, "after scheduling at " + std::to_string(now));
+    ExpectCountersExact(*store_, "after scheduling at " + std::to_string(now));
     return assigned ? *assigned : 0;
   };
   auto node_of = [&](const SandboxRow& s) { return store_->GetSandbox(s.id)->node_id; };
@@ -451,28 +494,28 @@ TEST_P(ControlStoreTest, ReservationColumnsFollowEveryStateChange) {
   exited.state = "exited";
   exited.exit_code = 0;
   ASSERT_TRUE(store_->ReportFinished(all[0].id, node_of(all[0]), 1, exited, kT0 + 21));
-  ExpectReservationsExact(*store_, "finish");
+  ExpectCountersExact(*store_, "finish");
   // Killed: requested, then reported killed by the node.
   ASSERT_TRUE(store_->RequestKill(all[1].id, kT0 + 22));
-  ExpectReservationsExact(*store_, "kill requested");
+  ExpectCountersExact(*store_, "kill requested");
   SandboxRow killed;
   killed.state = "killed";
   ASSERT_TRUE(store_->ReportFinished(all[1].id, node_of(all[1]), 1, killed, kT0 + 23));
-  ExpectReservationsExact(*store_, "killed");
+  ExpectCountersExact(*store_, "killed");
   // Retried (back to the queue), then placed again, then dead-lettered by a second failure.
   ASSERT_TRUE(store_->ReportRetryableFailure(all[2].id, node_of(all[2]), 1, "boom", kT0 + 24));
-  ExpectReservationsExact(*store_, "retry");
+  ExpectCountersExact(*store_, "retry");
   EXPECT_EQ(schedule(kT0 + 24 + 1000), 1);
   ASSERT_TRUE(store_->ReportRetryableFailure(all[2].id, node_of(all[2]), 2, "boom", kT0 + 1030));
   EXPECT_EQ(store_->GetJob(all[2].id)->state, "dead");
-  ExpectReservationsExact(*store_, "dead-lettered by retries");
+  ExpectCountersExact(*store_, "dead-lettered by retries");
   // A retryable failure of a sandbox whose kill was requested ends it.
   ASSERT_TRUE(store_->RequestKill(all[3].id, kT0 + 1031));
   ASSERT_TRUE(store_->ReportRetryableFailure(all[3].id, node_of(all[3]), 1, "x", kT0 + 1032));
-  ExpectReservationsExact(*store_, "retry after kill");
+  ExpectCountersExact(*store_, "retry after kill");
   // Replayed: queued again, then placed.
   ASSERT_TRUE(store_->ReplayDeadJob(all[2].id, kT0 + 1040));
-  ExpectReservationsExact(*store_, "replay");
+  ExpectCountersExact(*store_, "replay");
   EXPECT_EQ(schedule(kT0 + 1041), 1);
 
   // node-a is lost: its jobs are requeued, dead-lettered (no attempts left) or killed.
@@ -489,14 +532,14 @@ TEST_P(ControlStoreTest, ReservationColumnsFollowEveryStateChange) {
   EXPECT_EQ(store_->GetNode("node-a")->reserved_millicpus, 0);
   EXPECT_EQ(store_->GetJob(all[7].id)->state, "dead");
   EXPECT_EQ(store_->GetSandbox(on_a[0].id)->state, "killed");
-  ExpectReservationsExact(*store_, "node lost");
+  ExpectCountersExact(*store_, "node lost");
   // Requeued ones land on node-b; node-a comes back empty and takes new work.
   int64_t now = kT0 + kLease + 2000;
   ASSERT_TRUE(store_->Heartbeat("node-b", {}, now, kLease));
   EXPECT_EQ(schedule(now), static_cast<int>(on_a.size()) - 2);
   EXPECT_GT(store_->GetNode("node-b")->active_jobs, 0);
   Register("node-a", 8000, now + 1);
-  ExpectReservationsExact(*store_, "node registered again");
+  ExpectCountersExact(*store_, "node registered again");
   SandboxRow late = Create(now + 2, 7000);
   EXPECT_EQ(schedule(now + 3), 1);
   EXPECT_EQ(node_of(late), "node-a");
@@ -516,7 +559,7 @@ TEST_P(ControlStoreTest, ReservationColumnsFollowEveryStateChange) {
       ASSERT_TRUE(store_->DeleteSandbox(s.id));
     }
   }
-  ExpectReservationsExact(*store_, "all finished");
+  ExpectCountersExact(*store_, "all finished");
   auto final_nodes = store_->ListNodes();
   ASSERT_TRUE(final_nodes);
   for (const NodeRow& node : *final_nodes) {
@@ -575,7 +618,7 @@ TEST_P(ControlStoreTest, MigrationBackfillsReservations) {
   EXPECT_EQ(n2->active_jobs, 1);
   EXPECT_EQ(n3->reserved_millicpus, 0);
   EXPECT_EQ(n3->active_jobs, 0);
-  ExpectReservationsExact(**migrated, "after migration");
+  ExpectCountersExact(**migrated, "after migration");
 }
 
 // Schedulers on several replicas place while nodes report finishes and failures at the same
@@ -639,10 +682,196 @@ TEST_P(ControlStoreTest, ConcurrentPlacementsAndReportsKeepReservationsExact) {
   for (size_t t = 0; t + 1 < threads.size(); ++t) threads[t].join();
   for (const std::string& error : errors) EXPECT_EQ(error, "");
   EXPECT_EQ(finished, kJobs);
-  ExpectReservationsExact(*store_, "after the concurrent run");
+  ExpectCountersExact(*store_, "after the concurrent run");
   auto final_nodes = store_->ListNodes();
   ASSERT_TRUE(final_nodes);
   for (const NodeRow& node : *final_nodes) EXPECT_EQ(node.active_jobs, 0) << node.id;
+}
+
+// The paths the reservation test does not take, with two tenants: an idempotent repeat
+// (counts nothing), a kill while queued, a deadline that passes in the queue, a sandbox
+// deleted after it ended, and admission's one-statement read.
+TEST_P(ControlStoreTest, TenantCountersFollowEveryStateChange) {
+  auto other = store_->CreateTenant("beta");
+  ASSERT_TRUE(other);
+  ASSERT_TRUE(store_->PutPolicy(PolicyRow{.name = "b", .yaml = "name: b"}));
+  ASSERT_TRUE(store_->PutPolicy(PolicyRow{.name = "a", .yaml = "name: a"}));
+  auto empty = store_->ReadAdmission(tenant_.id);
+  ASSERT_TRUE(empty) << empty.error().message;
+  EXPECT_EQ(empty->usage.active, 0);
+  EXPECT_EQ(empty->usage.tenant_id, tenant_.id);
+  ASSERT_EQ(empty->policies.size(), 2u);
+  EXPECT_EQ(empty->policies[0].name, "a");
+  EXPECT_EQ(empty->policies[1].yaml, "name: b");
+
+  SandboxRow keyed = Create(kT0, 1000, "key-1");
+  SandboxRow repeated = Create(kT0 + 1, 1000, "key-1");
+  EXPECT_EQ(repeated.id, keyed.id);
+  SandboxRow to_kill = Create(kT0 + 2);
+  SandboxRow theirs = Create(kT0 + 3, 1000, "", {}, 3, other->id);
+  ExpectCountersExact(*store_, "created");
+  EXPECT_EQ(store_->GetTenantUsage(tenant_.id)->active, 2);
+  EXPECT_EQ(store_->GetTenantUsage(other->id)->active, 1);
+
+  ASSERT_TRUE(store_->RequestKill(to_kill.id, kT0 + 10));
+  ExpectCountersExact(*store_, "killed while queued");
+  ASSERT_TRUE(store_->RequestKill(to_kill.id, kT0 + 11));  // again: already final
+  ExpectCountersExact(*store_, "killed twice");
+
+  SandboxRow sandbox;
+  sandbox.tenant_id = other->id;
+  sandbox.template_name = "base";
+  sandbox.created_ms = kT0 + 20;
+  auto late = store_->CreateSandbox(sandbox, JobRow{.deadline_ms = kT0 + 100, .millicpus = 1});
+  ASSERT_TRUE(late);
+  EXPECT_EQ(store_->GetTenantUsage(other->id)->active, 2);
+  EXPECT_EQ(*store_->ScheduleBatch(kT0 + 101, 10, FirstFit), 0);  // no node: past due
+  EXPECT_EQ(store_->GetSandbox(late->first.id)->state, "failed");
+  ExpectCountersExact(*store_, "deadline passed");
+  EXPECT_EQ(store_->GetTenantUsage(other->id)->active, 1);
+
+  ASSERT_TRUE(store_->DeleteSandbox(to_kill.id));
+  ASSERT_TRUE(store_->DeleteSandbox(late->first.id));
+  ExpectCountersExact(*store_, "deleted");
+  auto snapshot = store_->ReadAdmission(tenant_.id);
+  ASSERT_TRUE(snapshot);
+  EXPECT_EQ(snapshot->usage.active, 1);
+  EXPECT_EQ(snapshot->policies.size(), 2u);
+  // Deleting a sandbox does not give its creation back: the rate windows still hold both
+  // creations of each tenant (the repeat was not one), the deleted ones included.
+  EXPECT_EQ(snapshot->usage.CreatedWithin(60'000, kT0 + 100), 2);
+  EXPECT_EQ(store_->GetTenantUsage(other->id)->CreatedWithin(60'000, kT0 + 100), 2);
+}
+
+// The rate windows against the exact count of creations, on a fake clock: exact while the
+// creations sit in the current fixed window, then the previous window weighted down.
+TEST_P(ControlStoreTest, RateWindowsCountCreations) {
+  // A start that is a whole hour, so every window length begins there.
+  constexpr int64_t kHour = 3'600'000, kStart = (kT0 / kHour + 1) * kHour;
+  for (int i = 0; i < 10; ++i) Create(kStart + 100 * i);  // kStart .. kStart + 900
+  auto usage = store_->GetTenantUsage(tenant_.id);
+  ASSERT_TRUE(usage);
+  EXPECT_EQ(usage->windows[0].start_ms, kStart);
+  EXPECT_EQ(usage->windows[0].current, 10);
+  for (int64_t length : kRateWindowLengthsMs) {
+    EXPECT_EQ(usage->CreatedWithin(length, kStart + 999), 10) << length;
+    EXPECT_EQ(usage->CreatedWithin(length, kStart + 999),
+              *store_->CountSandboxesCreatedSince(tenant_.id, kStart + 999 - length))
+        << length;
+  }
+  EXPECT_EQ(usage->CreatedWithin(5000, kStart + 999), std::nullopt);  // not kept
+  // Half a second into the next second: half of the previous one still counts.
+  EXPECT_EQ(usage->CreatedWithin(1000, kStart + 1500), 5);
+  EXPECT_EQ(usage->CreatedWithin(1000, kStart + 1999), 1);  // rounded up
+  EXPECT_EQ(usage->CreatedWithin(1000, kStart + 2000), 0);  // two windows on: none
+  EXPECT_EQ(usage->CreatedWithin(60'000, kStart + 2000), 10);
+  // A creation in the next second moves the window: previous 10, current 1.
+  Create(kStart + 1200);
+  usage = store_->GetTenantUsage(tenant_.id);
+  EXPECT_EQ(usage->windows[0].start_ms, kStart + 1000);
+  EXPECT_EQ(usage->windows[0].previous, 10);
+  EXPECT_EQ(usage->windows[0].current, 1);
+  EXPECT_EQ(usage->windows[1].current, 11);
+  EXPECT_EQ(usage->CreatedWithin(1000, kStart + 1200), 1 + 8);
+  // One that skips a whole second drops the old counts.
+  Create(kStart + 3500);
+  usage = store_->GetTenantUsage(tenant_.id);
+  EXPECT_EQ(usage->windows[0].start_ms, kStart + 3000);
+  EXPECT_EQ(usage->windows[0].previous, 0);
+  EXPECT_EQ(usage->windows[0].current, 1);
+  // A replica whose clock is behind counts into the current window rather than lose it.
+  Create(kStart + 2100);
+  usage = store_->GetTenantUsage(tenant_.id);
+  EXPECT_EQ(usage->windows[0].start_ms, kStart + 3000);
+  EXPECT_EQ(usage->windows[0].current, 2);
+  EXPECT_EQ(usage->windows[2].current, 13);
+  EXPECT_EQ(usage->CreatedWithin(kHour, kStart + 3600), 13);
+  EXPECT_EQ(usage->CreatedWithin(1000, kStart - 5000), 2);  // the reader's clock is behind
+}
+
+// Replicas creating for two tenants at once: every creation is counted exactly once.
+TEST_P(ControlStoreTest, ConcurrentCreatesCountExactly) {
+  auto other = store_->CreateTenant("beta");
+  ASSERT_TRUE(other);
+  constexpr int kThreads = 4, kEach = 15;
+  std::vector<std::thread> threads;
+  std::atomic<int> failures = 0;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      auto replica = OpenStore();
+      for (int i = 0; i < kEach && replica; ++i) {
+        SandboxRow sandbox;
+        sandbox.tenant_id = (t + i) % 2 == 0 ? tenant_.id : other->id;
+        sandbox.template_name = "base";
+        sandbox.created_ms = kT0 + i;
+        // Every third one keyed: the transaction path instead of PostgreSQL's one statement.
+        if (i % 3 == 0) sandbox.idempotency_key = "k" + std::to_string(t) + "-" + std::to_string(i);
+        if (!replica->CreateSandbox(sandbox, JobRow{.millicpus = 1})) ++failures;
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  EXPECT_EQ(failures, 0);
+  ExpectCountersExact(*store_, "after concurrent creates");
+  auto mine = store_->GetTenantUsage(tenant_.id);
+  auto theirs = store_->GetTenantUsage(other->id);
+  ASSERT_TRUE(mine && theirs);
+  EXPECT_EQ(mine->active + theirs->active, kThreads * kEach);
+  EXPECT_EQ(mine->windows[2].current + theirs->windows[2].current, kThreads * kEach);
+}
+
+// A store left at schema 3 with sandboxes of two tenants: migrating fills tenant_usage from
+// them (active by state, the rate windows by created_ms against the wall clock).
+TEST_P(ControlStoreTest, MigrationBackfillsTenantCounters) {
+  std::string skip, error;
+  auto old_db = TestDatabase::Create(GetParam(), &skip, &error);
+  ASSERT_TRUE(old_db) << error;
+  auto db = OpenDatabase(old_db->url());
+  ASSERT_TRUE(db) << db.error().message;
+  ASSERT_TRUE(MigrateTo(**db, 3));
+  auto wall_ms = [] {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+  };
+  int64_t before = wall_ms();
+  // (tenant, state, age in ms at `before`)
+  std::vector<std::tuple<std::string, std::string, int64_t>> sandboxes = {
+      {"t1", "queued", 10},        {"t1", "assigned", 30'000},  {"t1", "running", 90'000},
+      {"t1", "exited", 5'000},     {"t1", "failed", 7'200'000}, {"t2", "lost", 100},
+      {"t2", "running", 4'000'000}};
+  for (size_t i = 0; i < sandboxes.size(); ++i) {
+    auto [tenant, state, age] = sandboxes[i];
+    ASSERT_TRUE((*db)->Exec(
+        "INSERT INTO sandboxes (id, tenant_id, template, runtime, state, spec_json, "
+        "labels_json, created_ms) VALUES ($1, $2, 'base', 'container', $3, '{}', '{}', $4)",
+        {"sb_" + std::to_string(i), tenant, state, before - age}));
+  }
+  auto migrated = ControlStore::Open(old_db->url());
+  ASSERT_TRUE(migrated) << migrated.error().message;
+  int64_t after = wall_ms();
+  ExpectCountersExact(**migrated, "after migration");
+  auto t1 = (*migrated)->GetTenantUsage("t1");
+  auto t2 = (*migrated)->GetTenantUsage("t2");
+  ASSERT_TRUE(t1 && t2);
+  EXPECT_EQ(t1->active, 3);
+  EXPECT_EQ(t2->active, 1);
+  // Each window's start is the one that held the migration's clock; current + previous
+  // hold exactly the creations since the previous window began.
+  for (size_t w = 0; w < kRateWindowLengthsMs.size(); ++w) {
+    int64_t length = kRateWindowLengthsMs[w];
+    for (const TenantUsageRow* usage : {&*t1, &*t2}) {
+      const RateWindow& window = usage->windows[w];
+      EXPECT_EQ(window.start_ms % length, 0) << length;
+      EXPECT_GE(window.start_ms, before - before % length - length) << length;
+      EXPECT_LE(window.start_ms, after) << length;
+      int64_t exact =
+          *(*migrated)->CountSandboxesCreatedSince(usage->tenant_id, window.start_ms - length);
+      EXPECT_EQ(window.current + window.previous, exact) << usage->tenant_id << " " << length;
+    }
+  }
+  // The hour windows hold 4 of t1's 5 (not the one from two hours ago) whatever the clock.
+  EXPECT_EQ(t1->windows[2].current + t1->windows[2].previous, 4);
 }
 
 TEST_P(ControlStoreTest, HeartbeatReturnsAssignmentsAndKills) {

@@ -2,6 +2,8 @@
 // Not for use outside src/store/.
 #pragma once
 
+#include <array>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -21,5 +23,24 @@ std::string SqliteNumberedPlaceholders(std::string_view sql);
 
 // The first line of a statement, shortened, for error messages.
 std::string SqlForMessage(std::string_view sql);
+
+// The creation-rate windows tenant_usage keeps (schema 4): the lengths a policy's max_rate
+// can name (N/s, N/m, N/h), in the order of TenantUsageRow::windows.
+struct RateWindowColumns {
+  int64_t length_ms;
+  std::string start, current, previous;
+};
+inline const std::array<RateWindowColumns, 3> kRateWindows = {{
+    {1000, "rate_s_start_ms", "rate_s_current", "rate_s_previous"},
+    {60'000, "rate_m_start_ms", "rate_m_current", "rate_m_previous"},
+    {3'600'000, "rate_h_start_ms", "rate_h_current", "rate_h_previous"},
+}};
+
+// The start of the fixed window of length `length_ms` that holds `ms` (floor, also for
+// times before the epoch).
+inline int64_t RateWindowStart(int64_t ms, int64_t length_ms) {
+  int64_t start = ms - ms % length_ms;
+  return start > ms ? start - length_ms : start;
+}
 
 }  // namespace tartarus::store::internal
