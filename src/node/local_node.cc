@@ -9,7 +9,6 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <condition_variable>
 #include <filesystem>
 #include <mutex>
 #include <thread>
@@ -385,77 +384,6 @@ Result<int> LocalNode::Exec(std::string_view id, const std::vector<std::string>&
   pump.reset();
   if (!exit) return Fail(exit.error());
   return ExecExitCode(*exit);
-}
-
-Status LocalNode::FeedMainStdin(std::string_view id, int fd, int stop_fd) {
-  SandboxRecord record = TRY(Inspect(id));
-  if (!record.stdin_via_control) {
-    return Fail(ErrorCode::kFailedPrecondition,
-                "sandbox " + record.id + " was started without stdin (create it with stdin)");
-  }
-  auto client = TRY(ConnectClient(store_, record));
-  // One frame in flight: the supervisor answers once the agent's stdin window took it.
-  std::mutex mutex;
-  std::condition_variable answered;
-  std::optional<Status> answer;
-  auto settle = [&](Status status) {
-    std::lock_guard lock(mutex);
-    answer = std::move(status);
-    answered.notify_all();
-  };
-  client->RegisterHandler(
-      kMainStdinRequestId,
-      [&](const protocol::Frame& frame) {
-        if (const auto* error = std::get_if<protocol::ErrorReply>(&frame.message)) {
-          settle(Fail(ErrorCode::kFailedPrecondition, error->message));
-        } else {
-          settle(Ok());
-        }
-      },
-      [&](const Error& lost) { settle(Fail(ErrorCode::kFailedPrecondition, lost.message)); });
-  struct Unregister {
-    protocol::AgentClient& client;
-    ~Unregister() { client.UnregisterHandler(kMainStdinRequestId); }
-  } unregister{*client};
-  auto stop_requested = [&] {
-    pollfd p{stop_fd, POLLIN, 0};
-    return stop_fd >= 0 && poll(&p, 1, 0) > 0;
-  };
-  auto send = [&](protocol::Message message) -> Status {
-    {
-      std::lock_guard lock(mutex);
-      answer.reset();
-    }
-    TRY(client->Send(protocol::Frame{kMainStdinRequestId, std::move(message)}));
-    std::unique_lock lock(mutex);
-    while (!answered.wait_for(lock, std::chrono::milliseconds(200),
-                              [&] { return answer.has_value(); })) {
-      if (stop_requested()) return Fail(ErrorCode::kCancelled, "stopped");
-    }
-    return *answer;
-  };
-  std::vector<char> buffer(protocol::kMaxChunkBytes);
-  while (true) {
-    pollfd fds[2] = {{fd, POLLIN, 0}, {stop_fd, POLLIN, 0}};
-    int ready = poll(fds, stop_fd >= 0 ? 2 : 1, 500);
-    if (ready < 0) {
-      if (errno == EINTR) continue;
-      return FailErrno("poll");
-    }
-    if (stop_fd >= 0 && fds[1].revents) return Fail(ErrorCode::kCancelled, "stopped");
-    if (ready == 0) {
-      // Nothing to send: notice a sandbox that ended meanwhile (the supervisor closed us).
-      if (!client->Connected()) {
-        return Fail(ErrorCode::kFailedPrecondition, "sandbox " + record.id + " has ended");
-      }
-      continue;
-    }
-    ssize_t n = read(fd, buffer.data(), buffer.size());
-    if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
-    if (n < 0) return FailErrno("reading stdin");
-    if (n == 0) return send(protocol::StdinClose{});
-    TRY(send(protocol::StdinData{std::string(buffer.data(), static_cast<size_t>(n))}));
-  }
 }
 
 Status LocalNode::Kill(std::string_view id) {

@@ -45,7 +45,8 @@ struct RunRequest {
   std::optional<uint32_t> pids;
   std::optional<std::chrono::milliseconds> timeout;
   bool forward_stdin = false;
-  // Detached runs (node agents): keep the main command's stdin open for FeedMainStdin.
+  // Detached runs (node agents): keep the main command's stdin open for the node agent to
+  // feed through the control socket (node/async_control_client.h, AsyncMainStdin).
   bool stdin_via_control = false;
   bool remove_when_done = false;  // --rm
 };
@@ -97,10 +98,6 @@ class LocalNode {
                    const std::vector<std::string>& env, const std::string& workdir,
                    const std::string& user, std::optional<std::chrono::milliseconds> timeout,
                    const IoSinks& io);
-  // Copies `fd` into the stdin of a detached run's main command (one started with
-  // stdin_via_control) through its control socket, until `fd` ends (then closes the
-  // command's stdin), the command ends, or `stop_fd` becomes readable. Blocks.
-  Status FeedMainStdin(std::string_view id, int fd, int stop_fd);
   Status Kill(std::string_view id);
   Status Remove(std::string_view id, bool force);
   Status Logs(std::string_view id, bool follow, const IoSinks& io);
