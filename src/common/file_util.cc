@@ -36,4 +36,17 @@ Status WriteFileAtomic(const std::string& path, std::string_view content, Durabi
   return Ok();
 }
 
+std::string ReadFileTail(const std::string& path, size_t max_bytes) {
+  UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return "";
+  off_t size = lseek(fd.Get(), 0, SEEK_END);
+  if (size < 0) return "";
+  off_t start = size > static_cast<off_t>(max_bytes) ? size - static_cast<off_t>(max_bytes) : 0;
+  std::string text(static_cast<size_t>(size - start), '\0');
+  ssize_t n = pread(fd.Get(), text.data(), text.size(), start);
+  text.resize(n > 0 ? static_cast<size_t>(n) : 0);
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+  return text;
+}
+
 }  // namespace tartarus

@@ -18,4 +18,8 @@ enum class Durability {
 Status WriteFileAtomic(const std::string& path, std::string_view content,
                        Durability durability = Durability::kFsync, int mode = 0644);
 
+// The last `max_bytes` of a file (a log, for an error message), trailing newlines and
+// spaces trimmed; empty when it cannot be read.
+std::string ReadFileTail(const std::string& path, size_t max_bytes);
+
 }  // namespace tartarus

@@ -73,20 +73,11 @@ std::vector<std::string> ListDir(const std::string& path) {
   return names;
 }
 
-std::string LogTail(const std::string& path) {
-  UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd) return "";
-  off_t size = lseek(fd.Get(), 0, SEEK_END);
-  off_t start = size > static_cast<off_t>(kLogTailBytes) ? size - kLogTailBytes : 0;
-  std::string text(static_cast<size_t>(size - start), '\0');
-  ssize_t n = pread(fd.Get(), text.data(), text.size(), start);
-  text.resize(n > 0 ? static_cast<size_t>(n) : 0);
-  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
-  return text;
-}
+// The last lines of the runtime's log, for error messages.
+std::string LogTail(const std::string& path) { return ReadFileTail(path, kLogTailBytes); }
 
-// A sockaddr_un for `path`; a path too long for sun_path is reached through
-// /proc/self/fd/<dir fd>/<name> instead (sandbox ids make the absolute path long).
+// A sockaddr_un for `path`. Callers with a path too long for sun_path (sandbox ids make
+// the absolute path long) pass /proc/self/fd/<dir fd>/<name> instead (ConnectToAgent).
 Result<sockaddr_un> UnixAddress(const std::string& path) {
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;

@@ -106,18 +106,8 @@ std::vector<std::string> RuntimePrefix(OciRuntime runtime, const RuntimeConfig& 
   return {};
 }
 
-// The last lines of the runtime's stderr, for error messages.
-std::string LogTail(const std::string& path) {
-  UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd) return "";
-  off_t size = lseek(fd.Get(), 0, SEEK_END);
-  off_t start = size > static_cast<off_t>(kLogTailBytes) ? size - kLogTailBytes : 0;
-  std::string text(static_cast<size_t>(size - start), '\0');
-  ssize_t n = pread(fd.Get(), text.data(), text.size(), start);
-  text.resize(n > 0 ? static_cast<size_t>(n) : 0);
-  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
-  return text;
-}
+// The last lines of the runtime's log, for error messages.
+std::string LogTail(const std::string& path) { return ReadFileTail(path, kLogTailBytes); }
 
 // Removes the files Start writes and the sandbox dirs; never descends into mounts.
 // Once Lethe's tmpfs is gone, only the sandbox dir remains; the other names are the
