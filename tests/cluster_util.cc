@@ -310,4 +310,104 @@ std::vector<std::pair<std::string, std::string>> DocumentedOperations() {
   return ops;
 }
 
+namespace {
+std::string DecodeBase64(const std::string& text) {
+  static const std::string kAlphabet =
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  uint32_t bits = 0;
+  int count = 0;
+  for (char c : text) {
+    if (c == '=') break;
+    size_t v = kAlphabet.find(c);
+    if (v == std::string::npos) return out + "<bad base64>";
+    bits = (bits << 6) | static_cast<uint32_t>(v);
+    count += 6;
+    if (count >= 8) {
+      count -= 8;
+      out.push_back(static_cast<char>((bits >> count) & 0xff));
+    }
+  }
+  return out;
+}
+}  // namespace
+
+ApiResponse PostStdin(Api& api, const std::string& sandbox, const std::string& exec,
+                      uint64_t offset, const std::string& data, bool eof) {
+  std::string target = "/v1/sandboxes/" + sandbox + (exec.empty() ? "" : "/execs/" + exec) +
+                       "/stdin?offset=" + std::to_string(offset) + (eof ? "&eof=true" : "");
+  return api.Call("POST", target, data, {{"Content-Type", "application/octet-stream"}});
+}
+
+ExecStream::ExecStream(const std::string& endpoint, const std::string& sandbox,
+                       const json& request) {
+  thread_ = std::thread([this, endpoint, sandbox, request] {
+    auto client = http::Client::Create(endpoint, {.request_timeout = std::chrono::minutes(2)});
+    if (!client) return Done();
+    std::string pending;
+    auto res = client->Stream("POST", "/v1/sandboxes/" + sandbox + "/exec", request.dump(),
+                              [&](std::string_view chunk) {
+                                pending.append(chunk);
+                                size_t nl;
+                                while ((nl = pending.find('\n')) != std::string::npos) {
+                                  json event = json::parse(pending.substr(0, nl), nullptr, false);
+                                  pending.erase(0, nl + 1);
+                                  if (event.is_discarded()) continue;
+                                  std::lock_guard lock(mu_);
+                                  if (event["event"] == "started")
+                                    exec_id_ = event.value("exec_id", "");
+                                  if (event["event"] == "stdout") {
+                                    out_ += event.contains("data_b64")
+                                                ? DecodeBase64(event["data_b64"])
+                                                : event.value("data", "");
+                                  }
+                                  end_ = event;
+                                  changed_.notify_all();
+                                }
+                                return true;
+                              },
+                              {{"Content-Type", "application/json"}});
+    {
+      std::lock_guard lock(mu_);
+      status_ = res ? res->status : 0;
+    }
+    Done();
+  });
+}
+
+ExecStream::~ExecStream() { Join(); }
+
+void ExecStream::Join() {
+  if (thread_.joinable()) thread_.join();
+}
+
+void ExecStream::Done() {
+  std::lock_guard lock(mu_);
+  done_ = true;
+  changed_.notify_all();
+}
+
+bool ExecStream::WaitFor(
+    const std::function<bool(const std::string& exec_id, const std::string& out)>& ready,
+    std::chrono::seconds timeout) {
+  std::unique_lock lock(mu_);
+  return changed_.wait_for(lock, timeout, [&] { return ready(exec_id_, out_) || done_; }) &&
+         ready(exec_id_, out_);
+}
+
+std::string ExecStream::WaitForId() {
+  WaitFor([](const std::string& exec_id, const std::string&) { return !exec_id.empty(); });
+  return exec_id();
+}
+
+std::string ExecStream::exec_id() {
+  std::lock_guard lock(mu_);
+  return exec_id_;
+}
+
+std::string ExecStream::OutSoFar() {
+  std::lock_guard lock(mu_);
+  return out_;
+}
+
 }  // namespace tartarus::testing

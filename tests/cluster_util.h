@@ -4,9 +4,13 @@
 #pragma once
 
 #include <chrono>
+#include <condition_variable>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "common/subprocess.h"
@@ -78,6 +82,42 @@ class Api {
 
  private:
   std::string endpoint_, token_;
+};
+
+// POSTs one stdin chunk at `offset` (`exec` empty: the main command's stdin).
+ApiResponse PostStdin(Api& api, const std::string& sandbox, const std::string& exec,
+                      uint64_t offset, const std::string& data, bool eof = false);
+
+// One streaming exec (POST /v1/sandboxes/{id}/exec with `request`), read on a thread of its
+// own: its exec id (with stdin) as soon as the first event names it, what it printed
+// (data_b64 decoded), its last event and the HTTP status.
+class ExecStream {
+ public:
+  ExecStream(const std::string& endpoint, const std::string& sandbox,
+             const nlohmann::json& request);
+  ~ExecStream();
+  // Waits until `ready` holds for what arrived so far (false if the stream ended first or the
+  // timeout passed).
+  bool WaitFor(const std::function<bool(const std::string& exec_id, const std::string& out)>& ready,
+               std::chrono::seconds timeout = std::chrono::seconds(60));
+  std::string WaitForId();  // the exec id, or empty if the stream ended without one
+  std::string exec_id();
+  std::string OutSoFar();
+  void Join();
+  // After Join(): everything it printed, its last event, the HTTP status.
+  const std::string& out() const { return out_; }
+  const nlohmann::json& end() const { return end_; }
+  int status() const { return status_; }
+
+ private:
+  void Done();
+  std::thread thread_;
+  std::mutex mu_;
+  std::condition_variable changed_;
+  std::string exec_id_, out_;
+  nlohmann::json end_;
+  int status_ = 0;
+  bool done_ = false;
 };
 
 // Checks `value` against a schema of docs/openapi.yaml (components/schemas/<name>): types,

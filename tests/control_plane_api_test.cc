@@ -19,97 +19,6 @@ namespace {
 using nlohmann::json;
 using ::testing::HasSubstr;
 
-std::string DecodeBase64(const std::string& text) {
-  static const std::string kAlphabet =
-      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  uint32_t bits = 0;
-  int count = 0;
-  for (char c : text) {
-    if (c == '=') break;
-    size_t v = kAlphabet.find(c);
-    if (v == std::string::npos) return out + "<bad base64>";
-    bits = (bits << 6) | static_cast<uint32_t>(v);
-    count += 6;
-    if (count >= 8) {
-      count -= 8;
-      out.push_back(static_cast<char>((bits >> count) & 0xff));
-    }
-  }
-  return out;
-}
-
-// An exec with "stdin": true, read on a thread of its own: its exec id as soon as the first
-// event names it, and everything it printed once it ends.
-class StdinExec {
- public:
-  StdinExec(const std::string& endpoint, const std::string& sandbox, const json& command) {
-    thread_ = std::thread([this, endpoint, sandbox, command] {
-      auto client = http::Client::Create(endpoint, {.request_timeout = std::chrono::minutes(2)});
-      if (!client) return Done();
-      std::string pending;
-      auto res = client->Stream("POST", "/v1/sandboxes/" + sandbox + "/exec",
-                                json{{"command", command}, {"stdin", true}}.dump(),
-                                [&](std::string_view chunk) {
-                                  pending.append(chunk);
-                                  size_t nl;
-                                  while ((nl = pending.find('\n')) != std::string::npos) {
-                                    json event = json::parse(pending.substr(0, nl), nullptr, false);
-                                    pending.erase(0, nl + 1);
-                                    std::lock_guard lock(mu_);
-                                    if (event.is_discarded()) continue;
-                                    events_.push_back(event);
-                                    if (event["event"] == "started")
-                                      exec_id_ = event.value("exec_id", "");
-                                    if (event["event"] == "stdout") {
-                                      out_ += event.contains("data_b64")
-                                                  ? DecodeBase64(event["data_b64"])
-                                                  : event.value("data", "");
-                                    }
-                                    changed_.notify_all();
-                                  }
-                                  return true;
-                                },
-                                {{"Content-Type", "application/json"}});
-      std::lock_guard lock(mu_);
-      status_ = res ? res->status : 0;
-      Done();
-    });
-  }
-  ~StdinExec() {
-    if (thread_.joinable()) thread_.join();
-  }
-  std::string WaitForId() {
-    std::unique_lock lock(mu_);
-    changed_.wait_for(lock, std::chrono::seconds(60), [&] { return !exec_id_.empty() || done_; });
-    return exec_id_;
-  }
-  std::string OutSoFar() {
-    std::lock_guard lock(mu_);
-    return out_;
-  }
-  // After the stream ended: what the command printed, and its end event.
-  std::string Out() {
-    thread_.join();
-    return out_;
-  }
-  json End() { return events_.empty() ? json() : events_.back(); }
-  int status() const { return status_; }
-
- private:
-  void Done() {
-    done_ = true;
-    changed_.notify_all();
-  }
-  std::thread thread_;
-  std::mutex mu_;
-  std::condition_variable changed_;
-  std::vector<json> events_;
-  std::string exec_id_, out_;
-  int status_ = 0;
-  bool done_ = false;
-};
-
 class ApiTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -160,12 +69,9 @@ class ApiTest : public ::testing::Test {
     EXPECT_EQ(res.json["error"].value("request_id", ""), res.request_id);
   }
 
-  // POST one stdin chunk; `exec` empty: the main command's stdin.
   ApiResponse Stdin(Api& api, const std::string& id, const std::string& exec, uint64_t offset,
                     const std::string& data, bool eof = false) {
-    std::string target = "/v1/sandboxes/" + id + (exec.empty() ? "" : "/execs/" + exec) +
-                         "/stdin?offset=" + std::to_string(offset) + (eof ? "&eof=true" : "");
-    return api.Call("POST", target, data, {{"Content-Type", "application/octet-stream"}});
+    return PostStdin(api, id, exec, offset, data, eof);
   }
   void ExpectTaken(const ApiResponse& res, uint64_t offset) {
     EXPECT_EQ(res.status, 200) << res.body;
@@ -469,7 +375,7 @@ TEST_F(ApiTest, ExecStdinArrivesByteExactOnceAndInOrder) {
     c = static_cast<char>(x >> 24);
   }
   const size_t kChunk = 1 << 20;
-  StdinExec cat(Unix(), id, {"cat"});
+  ExecStream cat(Unix(), id, {{"command", {"cat"}}, {"stdin", true}});
   std::string exec = cat.WaitForId();
   ASSERT_EQ(exec.size(), 32u) << "the first event names the exec";
   uint64_t offset = 0;
@@ -487,17 +393,18 @@ TEST_F(ApiTest, ExecStdinArrivesByteExactOnceAndInOrder) {
   // Over the bound: 413 before anything reaches the node.
   ExpectError(Stdin(api, id, exec, offset, std::string(kChunk + 1, 'x')), 413, "invalid_argument");
   ExpectTaken(Stdin(api, id, exec, offset, "", /*eof=*/true), payload.size());
-  std::string out = cat.Out();
+  cat.Join();
+  std::string out = cat.out();
   EXPECT_EQ(cat.status(), 200);
   EXPECT_EQ(out.size(), payload.size());
   EXPECT_TRUE(out == payload) << "the bytes differ";
-  EXPECT_EQ(cat.End().value("event", ""), "end") << cat.End().dump();
-  EXPECT_EQ(cat.End()["exit_code"], 0) << cat.End().dump();
+  EXPECT_EQ(cat.end().value("event", ""), "end") << cat.end().dump();
+  EXPECT_EQ(cat.end()["exit_code"], 0) << cat.end().dump();
   // The exec has ended: a late chunk is a clear conflict, not a 404 or a hang.
   ExpectError(Stdin(api, id, exec, payload.size(), "late"), 409, "stdin_closed");
 
   // wc -c prints only at end of file, so its answer proves EOF arrived, and when.
-  StdinExec wc(Unix(), id, {"wc", "-c"});
+  ExecStream wc(Unix(), id, {{"command", {"wc", "-c"}}, {"stdin", true}});
   exec = wc.WaitForId();
   ASSERT_FALSE(exec.empty());
   ExpectTaken(Stdin(api, id, exec, 0, "hello "), 6);
@@ -506,7 +413,8 @@ TEST_F(ApiTest, ExecStdinArrivesByteExactOnceAndInOrder) {
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   EXPECT_EQ(wc.OutSoFar(), "") << "wc saw end of file before the client sent it";
   ExpectTaken(Stdin(api, id, exec, 12, "", /*eof=*/true), 12);
-  EXPECT_EQ(wc.Out(), "12\n");
+  wc.Join();
+  EXPECT_EQ(wc.out(), "12\n");
 
   // Another tenant cannot reach this sandbox's stdin: 404, as for everything else of it.
   Api other(Tcp(), TokenFor("stdin-other"));

@@ -57,76 +57,6 @@ int ThreadCount(int pid) {
   return n;
 }
 
-// One streaming exec, read on a test thread: its exec id (with stdin), its stdout, its end.
-class ExecStream {
- public:
-  ExecStream(const std::string& endpoint, const std::string& sandbox, const json& request) {
-    thread_ = std::thread([this, endpoint, sandbox, request] {
-      auto client = http::Client::Create(endpoint, {.request_timeout = std::chrono::minutes(2)});
-      if (!client) return Done();
-      std::string pending;
-      auto res = client->Stream("POST", "/v1/sandboxes/" + sandbox + "/exec", request.dump(),
-                                [&](std::string_view chunk) {
-                                  pending.append(chunk);
-                                  size_t nl;
-                                  while ((nl = pending.find('\n')) != std::string::npos) {
-                                    json event = json::parse(pending.substr(0, nl), nullptr, false);
-                                    pending.erase(0, nl + 1);
-                                    if (event.is_discarded()) continue;
-                                    std::lock_guard lock(mu_);
-                                    if (event["event"] == "started")
-                                      exec_id_ = event.value("exec_id", "");
-                                    if (event["event"] == "stdout") out_ += event.value("data", "");
-                                    end_ = event;
-                                    changed_.notify_all();
-                                  }
-                                  return true;
-                                },
-                                {{"Content-Type", "application/json"}});
-      {
-        std::lock_guard lock(mu_);
-        status_ = res ? res->status : 0;
-      }
-      Done();
-    });
-  }
-  ~ExecStream() {
-    if (thread_.joinable()) thread_.join();
-  }
-  // Waits until `ready` holds for what arrived so far (or the stream ended).
-  bool WaitFor(const std::function<bool(const std::string& exec_id, const std::string& out)>& ready,
-               std::chrono::seconds timeout = std::chrono::seconds(60)) {
-    std::unique_lock lock(mu_);
-    return changed_.wait_for(lock, timeout, [&] { return ready(exec_id_, out_) || done_; }) &&
-           ready(exec_id_, out_);
-  }
-  std::string exec_id() {
-    std::lock_guard lock(mu_);
-    return exec_id_;
-  }
-  void Join() {
-    if (thread_.joinable()) thread_.join();
-  }
-  // After Join(): everything it printed, its last event, the HTTP status.
-  const std::string& out() const { return out_; }
-  const json& end() const { return end_; }
-  int status() const { return status_; }
-
- private:
-  void Done() {
-    std::lock_guard lock(mu_);
-    done_ = true;
-    changed_.notify_all();
-  }
-  std::thread thread_;
-  std::mutex mu_;
-  std::condition_variable changed_;
-  std::string exec_id_, out_;
-  json end_;
-  int status_ = 0;
-  bool done_ = false;
-};
-
 class NodeStreamsTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -148,13 +78,6 @@ class NodeStreamsTest : public ::testing::Test {
     }
   }
   std::string Unix() { return "unix://" + state_->dir() + "/olympus.sock"; }
-
-  ApiResponse Stdin(Api& api, const std::string& id, const std::string& exec, uint64_t offset,
-                    const std::string& data, bool eof = false) {
-    std::string target = "/v1/sandboxes/" + id + (exec.empty() ? "" : "/execs/" + exec) +
-                         "/stdin?offset=" + std::to_string(offset) + (eof ? "&eof=true" : "");
-    return api.Call("POST", target, data, {{"Content-Type", "application/octet-stream"}});
-  }
 
   std::unique_ptr<ScratchState> state_;
   std::unique_ptr<Daemon> daemon_;
@@ -210,11 +133,11 @@ TEST_F(NodeStreamsTest, ConcurrentExecsAndStdinsHoldNoThreadEach) {
   }
   // Every stdin exec and every main command takes its first chunk: all streams are live.
   for (int i = 1; i < kExecs; i += 2) {
-    auto taken = Stdin(api, id, execs[i]->exec_id(), 0, "in-" + std::to_string(i) + "\n");
+    auto taken = PostStdin(api, id, execs[i]->exec_id(), 0, "in-" + std::to_string(i) + "\n");
     EXPECT_EQ(taken.status, 200) << taken.body;
   }
   for (int j = 0; j < kMainStdins; ++j) {
-    auto taken = Stdin(api, fed[j], "", 0, "abc-" + std::to_string(j) + "\n");
+    auto taken = PostStdin(api, fed[j], "", 0, "abc-" + std::to_string(j) + "\n");
     EXPECT_EQ(taken.status, 200) << taken.body;
   }
   int most = 0;
@@ -228,12 +151,12 @@ TEST_F(NodeStreamsTest, ConcurrentExecsAndStdinsHoldNoThreadEach) {
 
   for (int i = 1; i < kExecs; i += 2) {
     std::string line = "in-" + std::to_string(i) + "\n";
-    auto closed = Stdin(api, id, execs[i]->exec_id(), line.size(), "more\n", /*eof=*/true);
+    auto closed = PostStdin(api, id, execs[i]->exec_id(), line.size(), "more\n", /*eof=*/true);
     EXPECT_EQ(closed.status, 200) << closed.body;
   }
   for (int j = 0; j < kMainStdins; ++j) {
     std::string line = "abc-" + std::to_string(j) + "\n";
-    auto closed = Stdin(api, fed[j], "", line.size(), "xyz\n", /*eof=*/true);
+    auto closed = PostStdin(api, fed[j], "", line.size(), "xyz\n", /*eof=*/true);
     EXPECT_EQ(closed.status, 200) << closed.body;
   }
   for (int i = 0; i < kExecs; ++i) {

@@ -6,18 +6,12 @@
 #include <string>
 #include <vector>
 
+#include "vmm/irq_testing.h"
+
 namespace tartarus::vmm {
 namespace {
 
-class FakeIrq : public IrqLine {
- public:
-  void SetLevel(bool asserted) override {
-    level = asserted;
-    changes.push_back(asserted);
-  }
-  bool level = false;
-  std::vector<bool> changes;
-};
+using testing::FakeIrq;
 
 class UartTest : public ::testing::Test {
  protected:
