@@ -30,24 +30,8 @@ _start:
         jne 2b
         lidt idt_descriptor(%rip)
 
-        mov $0x11, %al                # ICW1: edge-triggered, cascade, ICW4 follows
-        out %al, $0x20
-        out %al, $0xa0
-        mov $0x20, %al                # ICW2: master vectors 0x20-0x27
-        out %al, $0x21
-        mov $0x28, %al                #        slave vectors 0x28-0x2f
-        out %al, $0xa1
-        mov $0x04, %al                # ICW3: slave on IRQ 2
-        out %al, $0x21
-        mov $0x02, %al
-        out %al, $0xa1
-        mov $0x01, %al                # ICW4: 8086 mode
-        out %al, $0x21
-        out %al, $0xa1
-        mov $0xfd, %al                # unmask IRQ 1 only
-        out %al, $0x21
-        mov $0xff, %al
-        out %al, $0xa1
+        mov $0xfd, %al          # unmask IRQ 1 only
+        call pic_init
 
         lea ready(%rip), %rsi         # the host may send keys from now on
         call puts
@@ -75,23 +59,6 @@ _start:
         lea newline(%rip), %rsi
         call puts
         jmp halt_forever
-
-# RDI: 16-byte gate to fill, RAX: handler. A present DPL0 64-bit interrupt gate.
-set_gate:
-        push %rdx
-        mov %rax, %rdx
-        mov %dx, (%rdi)
-        mov %cs, %edx
-        mov %dx, 2(%rdi)
-        movw $0x8e00, 4(%rdi)
-        mov %rax, %rdx
-        shr $16, %rdx
-        mov %dx, 6(%rdi)
-        shr $16, %rdx
-        mov %edx, 8(%rdi)
-        movl $0, 12(%rdi)
-        pop %rdx
-        ret
 
 keyboard_handler:
         push %rax

@@ -222,38 +222,14 @@ setup_interrupts:
         cmp $IRQ_VECTOR, %ecx
         jne 2f
         lea virtio_handler(%rip), %rax
-2:      mov %ax, (%rdi)                 # a present DPL0 64-bit interrupt gate
-        mov %cs, %edx
-        mov %dx, 2(%rdi)
-        movw $0x8e00, 4(%rdi)
-        shr $16, %rax
-        mov %ax, 6(%rdi)
-        shr $16, %rax
-        mov %eax, 8(%rdi)
-        movl $0, 12(%rdi)
+2:      call set_gate
         add $16, %rdi
         inc %ecx
         cmp $IDT_ENTRIES, %ecx
         jne 1b
         lidt idt_descriptor(%rip)
-        mov $0x11, %al                  # ICW1..4: vectors 0x20/0x28, slave on IRQ 2, 8086
-        out %al, $0x20
-        out %al, $0xa0
-        mov $0x20, %al
-        out %al, $0x21
-        mov $0x28, %al
-        out %al, $0xa1
-        mov $0x04, %al
-        out %al, $0x21
-        mov $0x02, %al
-        out %al, $0xa1
-        mov $0x01, %al
-        out %al, $0x21
-        out %al, $0xa1
-        mov $0xdf, %al                  # unmask IRQ 5 only
-        out %al, $0x21
-        mov $0xff, %al
-        out %al, $0xa1
+        mov $0xdf, %al          # unmask IRQ 5 only
+        call pic_init
         ret
 
 virtio_handler:

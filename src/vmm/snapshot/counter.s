@@ -26,24 +26,8 @@ _start:
         jne 1b
         lidt idt_descriptor(%rip)
 
-        mov $0x11, %al                # ICW1: edge-triggered, cascade, ICW4 follows
-        out %al, $0x20
-        out %al, $0xa0
-        mov $0x20, %al                # ICW2: master vectors 0x20-0x27
-        out %al, $0x21
-        mov $0x28, %al                #        slave vectors 0x28-0x2f
-        out %al, $0xa1
-        mov $0x04, %al                # ICW3: slave on IRQ 2
-        out %al, $0x21
-        mov $0x02, %al
-        out %al, $0xa1
-        mov $0x01, %al                # ICW4: 8086 mode
-        out %al, $0x21
-        out %al, $0xa1
-        mov $0xfe, %al                # unmask IRQ 0 only
-        out %al, $0x21
-        mov $0xff, %al
-        out %al, $0xa1
+        mov $0xfe, %al          # unmask IRQ 0 only
+        call pic_init
 
         mov $0x34, %al                # PIT channel 0, lobyte/hibyte, mode 2 (rate generator)
         out %al, $0x43
@@ -104,23 +88,6 @@ wait_tick:
         lea newline(%rip), %rsi
         call puts
         jmp wait_tick
-
-# RDI: 16-byte gate to fill, RAX: handler. A present DPL0 64-bit interrupt gate.
-set_gate:
-        push %rdx
-        mov %rax, %rdx
-        mov %dx, (%rdi)
-        mov %cs, %edx
-        mov %dx, 2(%rdi)
-        movw $0x8e00, 4(%rdi)
-        mov %rax, %rdx
-        shr $16, %rdx
-        mov %dx, 6(%rdi)
-        shr $16, %rdx
-        mov %edx, 8(%rdi)
-        movl $0, 12(%rdi)
-        pop %rdx
-        ret
 
 timer_handler:
         push %rax
