@@ -7,7 +7,9 @@
 #include <linux/kvm.h>
 #include <linux/seccomp.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -21,15 +23,22 @@ namespace tartarus::vmm {
 namespace {
 
 #define ALLOW(name) \
-  { #name, __NR_##name }
+  { #name, __NR_##name, std::nullopt }
+// Allowed only when (low 32 bits of argument `index` & mask) == value.
+#define ALLOW_IF(name, index, mask, value)                  \
+  {                                                         \
+#name, __NR_##name, ArgumentRule { index, mask, value } \
+  }
 
 // Every thread: memory allocation (malloc arenas are per thread), locks and condition
 // variables, the vCPU kick signal's return, logging to stderr, pthread_kill, and leaving.
-#define COMMON_SYSCALLS                                                                        \
-  ALLOW(futex), ALLOW(mmap), ALLOW(munmap), ALLOW(mprotect), ALLOW(madvise), ALLOW(brk),       \
-      ALLOW(mremap), ALLOW(rt_sigreturn), ALLOW(rt_sigprocmask), ALLOW(write),                 \
-      ALLOW(clock_gettime), ALLOW(restart_syscall), ALLOW(getpid), ALLOW(tgkill), ALLOW(exit), \
-      ALLOW(exit_group)
+// Nothing the VMM does after start-up maps code, so no mapping may become executable: code
+// injected into a compromised VMM's memory cannot be run (W^X).
+#define COMMON_SYSCALLS                                                               \
+  ALLOW(futex), ALLOW_IF(mmap, 2, PROT_EXEC, 0), ALLOW(munmap),                       \
+      ALLOW_IF(mprotect, 2, PROT_EXEC, 0), ALLOW(madvise), ALLOW(brk), ALLOW(mremap), \
+      ALLOW(rt_sigreturn), ALLOW(rt_sigprocmask), ALLOW(write), ALLOW(clock_gettime), \
+      ALLOW(restart_syscall), ALLOW(getpid), ALLOW(tgkill), ALLOW(exit), ALLOW(exit_group)
 
 constexpr AllowedSyscall kVcpu[] = {
     COMMON_SYSCALLS,
@@ -40,12 +49,11 @@ constexpr AllowedSyscall kVcpu[] = {
     ALLOW(fdatasync),
     ALLOW(getrandom),  // virtio-rng
     // virtio-vsock tx (guest to host) runs on the notifying vCPU: stream data, the kick
-    // eventfd, guest-initiated connects to <uds>_<port>, closing a connection.
+    // eventfd, closing a connection. Guest-initiated connects to <uds>_<port> are made by the
+    // vsock event thread, so a vCPU never creates or connects a socket.
     ALLOW(read),
     ALLOW(sendto),
     ALLOW(recvfrom),
-    ALLOW(socket),
-    ALLOW(connect),
     ALLOW(epoll_ctl),
     ALLOW(close),
 };
@@ -81,8 +89,8 @@ constexpr AllowedSyscall kVmm[] = {
     ALLOW(rt_sigaction),     // the vCPU kick handler
     ALLOW(clock_nanosleep),  // the monitor's kick loop while vCPUs leave KVM_RUN
     // vsock: the Unix listener, host connections and guest-initiated ones, the epoll loop
-    // and its eventfds.
-    ALLOW(socket),
+    // and its eventfds. Unix sockets only: the VMM never talks to a network.
+    ALLOW_IF(socket, 0, 0xffffffff, AF_UNIX),
     ALLOW(bind),
     ALLOW(listen),
     ALLOW(accept4),
@@ -99,13 +107,16 @@ constexpr AllowedSyscall kVmm[] = {
 };
 
 #undef COMMON_SYSCALLS
+#undef ALLOW_IF
 #undef ALLOW
 
 constexpr uint32_t kX32SyscallBit = 0x40000000;
 constexpr uint32_t kIoctlTypeMask = 0xff00;
 constexpr uint32_t kKvmIoctlType = KVMIO << 8;
-// The low 32 bits of ioctl's request (the second argument; x86_64 is little endian).
-constexpr uint32_t kSecondArgLow = offsetof(seccomp_data, args) + sizeof(uint64_t);
+// The low 32 bits of argument `index` (x86_64 is little endian).
+constexpr uint32_t ArgumentLow(uint32_t index) {
+  return offsetof(seccomp_data, args) + index * sizeof(uint64_t);
+}
 
 }  // namespace
 
@@ -141,14 +152,27 @@ Result<std::vector<sock_filter>> BuildThreadFilter(ThreadKind kind) {
   p.Jump(BPF_JEQ, AUDIT_ARCH_X86_64, kNone, kKill);
   p.Load(offsetof(seccomp_data, nr));
   p.Jump(BPF_JGE, kX32SyscallBit, kKill, kNone);
+  std::vector<std::pair<ArgumentRule, BpfAssembler::Label>> rules;
   for (const AllowedSyscall& allowed : AllowedSyscalls(kind)) {
-    const bool is_ioctl = allowed.number == __NR_ioctl;
-    p.Jump(BPF_JEQ, static_cast<uint32_t>(allowed.number), is_ioctl ? kIoctl : kAllow, kNone);
+    BpfAssembler::Label target = kAllow;
+    if (allowed.number == __NR_ioctl) {
+      target = kIoctl;
+    } else if (allowed.rule) {
+      target = p.NewLabel();
+      rules.emplace_back(*allowed.rule, target);
+    }
+    p.Jump(BPF_JEQ, static_cast<uint32_t>(allowed.number), target, kNone);
   }
   p.Return(SECCOMP_RET_KILL_PROCESS);
+  for (const auto& [rule, label] : rules) {
+    p.Bind(label);
+    p.Load(ArgumentLow(rule.index));
+    p.And(rule.mask);
+    p.Jump(BPF_JEQ, rule.value, kAllow, kKill);
+  }
   // ioctl: KVM's requests (type 0xAE), and TCGETS (stdio asks whether stdout is a terminal).
   p.Bind(kIoctl);
-  p.Load(kSecondArgLow);
+  p.Load(ArgumentLow(1));
   p.Jump(BPF_JEQ, TCGETS, kAllow, kNone);
   p.And(kIoctlTypeMask);
   p.Jump(BPF_JEQ, kKvmIoctlType, kAllow, kNone);

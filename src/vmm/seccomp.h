@@ -8,6 +8,8 @@
 
 #include <linux/filter.h>
 
+#include <cstdint>
+#include <optional>
 #include <span>
 #include <string_view>
 #include <vector>
@@ -23,13 +25,22 @@ enum class ThreadKind {
 };
 std::string_view ThreadKindName(ThreadKind kind);
 
+// A condition on one argument: allowed only if (its low 32 bits & mask) == value.
+struct ArgumentRule {
+  uint32_t index;
+  uint32_t mask;
+  uint32_t value;
+};
+
 struct AllowedSyscall {
   std::string_view name;
   int number;
+  std::optional<ArgumentRule> rule;  // none: any arguments
 };
 
-// The allowlist of one thread kind (ioctl, where present, is further limited to KVM's
-// ioctls and the terminal query stdio makes).
+// The allowlist of one thread kind. ioctl, where present, is further limited to KVM's ioctls
+// and the terminal query stdio makes; mmap and mprotect never get PROT_EXEC; socket is
+// AF_UNIX only.
 std::span<const AllowedSyscall> AllowedSyscalls(ThreadKind kind);
 
 // The classic-BPF program: x86_64 only, listed syscalls allowed, everything else

@@ -8,6 +8,7 @@
 #include <linux/seccomp.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -29,6 +30,7 @@
 #include "vmm/kvm.h"
 #include "vmm/seccomp.h"
 #include "vmm/vmm_process_test_util.h"
+#include "vmm/vsock_peer_testing.h"
 
 namespace tartarus::vmm {
 namespace {
@@ -156,6 +158,65 @@ TEST(SeccompAllowlistTest, UnlistedSyscallOrForeignIoctlKillsTheProcess) {
   EXPECT_EQ(WTERMSIG(status), SIGSYS);
 }
 
+// Arguments are checked where it matters: no executable mapping on any thread, and Unix
+// sockets only. The allowed forms pass; the others kill.
+TEST(SeccompAllowlistTest, ExecutableMappingsAndNonUnixSocketsKillTheProcess) {
+  struct Case {
+    const char* what;
+    ThreadKind kind;
+    int (*call)();
+    bool killed;
+  };
+  const Case cases[] = {
+      {"mmap read-write", ThreadKind::kVcpu,
+       [] {
+         return ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) ==
+                        MAP_FAILED
+                    ? 1
+                    : 0;
+       },
+       false},
+      {"mmap executable", ThreadKind::kVcpu,
+       [] {
+         return ::mmap(nullptr, 4096, PROT_READ | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) ==
+                        MAP_FAILED
+                    ? 1
+                    : 0;
+       },
+       true},
+      {"mprotect executable", ThreadKind::kApi,
+       [] {
+         void* page =
+             ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+         return ::mprotect(page, 4096, PROT_READ | PROT_EXEC);
+       },
+       true},
+      {"AF_UNIX socket", ThreadKind::kVmm,
+       [] {
+         int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+         return fd < 0 ? 1 : ::close(fd);
+       },
+       false},
+      {"AF_INET socket", ThreadKind::kVmm,
+       [] {
+         int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+         return fd < 0 ? 1 : ::close(fd);
+       },
+       true},
+  };
+  for (const Case& c : cases) {
+    const int status = InChild([&c] {
+      if (!InstallThreadFilter(c.kind)) ::_exit(3);
+      ::_exit(c.call() == 0 ? 0 : 4);
+    });
+    if (c.killed) {
+      EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGSYS) << c.what << ": " << status;
+    } else {
+      EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << c.what << ": " << status;
+    }
+  }
+}
+
 // The binary filters every thread by default: the virtio guest's blk and rng I/O runs on
 // its vCPU thread, the vsock event thread serves a connection, the API thread answers.
 TEST(VmmSeccompTest, GuestsBootAndDoVirtioIoUnderTheFilters) {
@@ -188,6 +249,29 @@ TEST(VmmSeccompTest, GuestsBootAndDoVirtioIoUnderTheFilters) {
   EXPECT_THAT(idle.Send("PATCH", "/vm", R"({"state": "Resumed"})"), HasSubstr("204"));
   EXPECT_THAT(idle.Send("GET", "/", ""), HasSubstr("Running"));
   EXPECT_TRUE(idle.Running()) << idle.Stderr();
+}
+
+// A guest-initiated vsock stream under the filters: the vCPU thread (no socket, no connect in
+// its list) queues the REQUEST and the vsock event thread connects "<uds>_52".
+TEST(VmmSeccompTest, GuestOpensAVsockStreamUnderTheFilters) {
+  if (std::string reason = Skip(); !reason.empty()) GTEST_SKIP() << "skipped: " << reason;
+  EXPECT_FALSE(Numbers(ThreadKind::kVcpu).contains(__NR_socket));
+  EXPECT_FALSE(Numbers(ThreadKind::kVcpu).contains(__NR_connect));
+  TempDir dir;
+  const std::string uds = dir.path + "/v.sock";
+  VsockGuestPeer peer(uds);
+  const std::string config = dir.path + "/vm.json";
+  std::ofstream(config) << R"({"boot-source": {"kernel_image_path": ")" << Guest("vsock")
+                        << R"("}, "vsock": {"guest_cid": 3, "uds_path": ")" << uds << R"("}})";
+  VmmProcess vmm({"--config-file", config});
+  EXPECT_EQ(vmm.Wait(), 0) << vmm.Stderr();
+  const VsockGuestPeer::Outcome host = peer.Finish();
+  EXPECT_THAT(vmm.Stdout(), HasSubstr("vsock: connected\nvsock: rx op="));
+  EXPECT_THAT(vmm.Stdout(), HasSubstr("vsock: host said pong\n"));
+  EXPECT_THAT(vmm.Stdout(), HasSubstr("vsock guest done\n"));
+  EXPECT_EQ(host.error, "");
+  EXPECT_EQ(host.received, "ping");
+  EXPECT_TRUE(host.closed);
 }
 
 TEST(VmmSeccompTest, ForbiddenSyscallOnAVcpuThreadKillsTheVmmWithSigsys) {

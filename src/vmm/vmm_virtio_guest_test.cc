@@ -1,6 +1,7 @@
 // tartarus-vmm (Tartarus's KVM microVM monitor): virtio devices wired into Vmm, driven on
-// /dev/kvm by the freestanding "virtio" guest (guests/virtio.s) through real MMIO exits and
-// the device's interrupt line; also the drive-list checks of Vmm::Create.
+// /dev/kvm by the freestanding "virtio" and "vsock" guests (guests/virtio.s, guests/vsock.s)
+// through real MMIO exits and the device's interrupt line; also the drive-list checks of
+// Vmm::Create.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
@@ -13,6 +14,7 @@
 
 #include "vmm/kvm.h"
 #include "vmm/vmm.h"
+#include "vmm/vsock_peer_testing.h"
 
 namespace tartarus::vmm {
 namespace {
@@ -63,9 +65,9 @@ struct GuestRun {
   std::string serial;
 };
 
-GuestRun RunGuest(VmmConfig config) {
+GuestRun RunGuest(VmmConfig config, const std::string& guest = kGuest) {
   auto serial = std::make_shared<std::string>();
-  config.kernel_path = kGuest;
+  config.kernel_path = guest;
   config.memory_mib = 32;
   config.serial_sink = [serial](uint8_t byte) { serial->push_back(static_cast<char>(byte)); };
   config.timeout = std::chrono::seconds(60);
@@ -214,6 +216,31 @@ TEST(VirtioGuestTest, MissingDriveFileIsRefusedNamingTheDrive) {
   auto vmm = Vmm::Create(config);
   ASSERT_FALSE(vmm);
   EXPECT_THAT(vmm.error().message, HasSubstr("drive rootfs"));
+}
+
+// The guest opens a stream to host port 52 as Linux's virtio-vsock driver would: the hybrid
+// vsock connects it to "<uds>_52" (on the event thread), data goes both ways, and the guest's
+// SHUTDOWN ends in an RST and a closed host socket.
+TEST(VirtioGuestTest, GuestConnectsToAHostListenerOverVsock) {
+  SKIP_WITHOUT_KVM();
+  TempImage image;  // for its directory
+  const std::string uds = image.dir() + "/v.sock";
+  VsockGuestPeer peer(uds);
+  VmmConfig config;
+  config.vsock = VsockConfig{.guest_cid = 7, .uds_path = uds};
+  GuestRun run = RunGuest(config, std::string(TARTARUS_VMM_GUEST_DIR) + "/vsock.elf");
+  const VsockGuestPeer::Outcome host = peer.Finish();
+  ::unlink((uds + "_52").c_str());
+  ASSERT_TRUE(run.report) << run.report.error().message << "\n" << run.serial;
+  EXPECT_THAT(run.serial, HasSubstr("vsock: found, guest_cid=0000000000000007\n"));
+  EXPECT_THAT(run.serial, HasSubstr("vsock: rx op=02 len=0000000000000000\nvsock: connected\n"));
+  EXPECT_THAT(run.serial, HasSubstr("vsock: host said pong\n"));
+  EXPECT_THAT(run.serial, HasSubstr("vsock: rx op=03"));
+  EXPECT_THAT(run.serial, HasSubstr("vsock guest done\n"));
+  EXPECT_THAT(run.serial, Not(HasSubstr("FAIL")));
+  EXPECT_EQ(host.error, "");
+  EXPECT_EQ(host.received, "ping");
+  EXPECT_TRUE(host.closed);
 }
 
 }  // namespace

@@ -89,6 +89,7 @@ struct VsockDevice::Connection {
   uint32_t local_port = 0;
   uint32_t peer_port = 0;
   State state = State::kLocalInit;
+  bool connecting = false;   // a guest REQUEST whose host socket the event thread opens next
   bool peer_no_rcv = false;  // SHUTDOWN flags the guest sent
   bool peer_no_send = false;
   uint32_t pending = 0;     // kPend* bits
@@ -220,6 +221,7 @@ void VsockDevice::Reset() {
   while (!connections_.empty()) RemoveConnectionLocked(connections_.begin()->first);
   rx_order_.clear();
   queued_resets_.clear();
+  guest_connects_.clear();
 }
 
 // ---- guest -> host (tx queue, vCPU threads) ----
@@ -283,29 +285,49 @@ void VsockDevice::HandleGuestRequestLocked(const VsockHeader& header) {
     QueueResetLocked(header.dst_port, header.src_port);
     return;
   }
-  Result<sockaddr_un> addr = UnixAddress(config_.uds_path + "_" + std::to_string(header.dst_port));
-  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-  // A non-blocking AF_UNIX connect completes at once or fails (EAGAIN: backlog full), so the
-  // vCPU never waits for the host program.
-  if (!addr || !fd || RetryEintr([&] {
-                        return ::connect(fd.Get(), reinterpret_cast<const sockaddr*>(&*addr),
-                                         sizeof(*addr));
-                      }) != 0) {
-    QueueResetLocked(header.dst_port, header.src_port);
-    return;
-  }
+  // The connect to "<uds>_<port>" is left to the event thread, so vCPU threads never create
+  // or connect sockets (their seccomp list has neither call). The entry holds the ports until
+  // then; a RST or a malformed packet from the guest meanwhile ends it and the connect is skipped.
   auto conn = std::make_unique<Connection>();
-  conn->fd = std::move(fd);
   conn->local_port = header.dst_port;
   conn->peer_port = header.src_port;
   conn->state = State::kPeerInit;
+  conn->connecting = true;
   conn->peer_buf_alloc = header.buf_alloc;
   conn->peer_fwd_cnt = header.fwd_cnt;
-  conn->pending = kPendResponse;
-  Connection& ref = *conn;
-  connection_by_fd_[ref.fd.Get()] = Key(ref.local_port, ref.peer_port);
-  connections_[Key(ref.local_port, ref.peer_port)] = std::move(conn);
-  QueueRxLocked(ref);
+  const uint64_t key = Key(conn->local_port, conn->peer_port);
+  connections_[key] = std::move(conn);
+  guest_connects_.push_back(key);
+  KickRx();
+}
+
+void VsockDevice::ConnectGuestRequestsLocked() {
+  while (!guest_connects_.empty()) {
+    const uint64_t key = guest_connects_.front();
+    guest_connects_.pop_front();
+    auto found = connections_.find(key);
+    if (found == connections_.end() || !found->second->connecting) continue;  // gone meanwhile
+    Connection& conn = *found->second;
+    conn.connecting = false;
+    Result<sockaddr_un> addr =
+        UnixAddress(config_.uds_path + "_" + std::to_string(conn.local_port));
+    UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+    // A non-blocking AF_UNIX connect completes at once or fails (EAGAIN: backlog full), so
+    // the event thread never waits for the host program either.
+    if (!addr || !fd || RetryEintr([&] {
+                          return ::connect(fd.Get(), reinterpret_cast<const sockaddr*>(&*addr),
+                                           sizeof(*addr));
+                        }) != 0) {
+      const uint32_t local = conn.local_port, peer = conn.peer_port;
+      RemoveConnectionLocked(key);
+      QueueResetLocked(local, peer);
+      continue;
+    }
+    conn.fd = std::move(fd);
+    conn.pending = kPendResponse;
+    connection_by_fd_[conn.fd.Get()] = key;
+    QueueRxLocked(conn);
+  }
 }
 
 void VsockDevice::ConnectionTxLocked(Connection& conn, const VsockHeader& header,
@@ -611,6 +633,7 @@ Result<bool> VsockDevice::PollEvents(int timeout_ms) {
       PendingStreamReadableLocked(static_cast<int>(tag));
     }
   }
+  ConnectGuestRequestsLocked();
   SweepExpiredLocked();
   return HasPendingRxLocked();
 }
@@ -717,6 +740,7 @@ void VsockDevice::FlushLocked(Connection& conn) {
 
 void VsockDevice::KillLocked(Connection& conn) {
   conn.state = State::kKilled;
+  conn.connecting = false;
   conn.pending = kPendRst;
   conn.expiry.reset();
   std::vector<uint8_t>().swap(conn.tx_buf);  // an RST forfeits what the host did not take

@@ -2,7 +2,8 @@
 // Firecracker's hybrid vsock backend: guest AF_VSOCK stream sockets meet host AF_UNIX sockets.
 // Host-initiated: a host program connects to uds_path and writes "CONNECT <port>\n"; once the
 // guest accepts, it reads "OK <host_port>\n" and the socket carries the stream. Guest-initiated:
-// a REQUEST to host port P is connected to the Unix socket "<uds_path>_P", or answered with RST.
+// a REQUEST to host port P is connected (by the event thread) to the Unix socket "<uds_path>_P",
+// or answered with RST.
 //
 // Locking. The transport's mutex is held around ProcessQueue/Reset (vCPU threads, and the
 // event thread through notify_rx); the device's own mutex_ guards the connection table and is
@@ -146,6 +147,8 @@ class VsockDevice : public VirtioDevice {
   void ConnectionTxLocked(Connection& conn, const VsockHeader& header, GuestMemory& memory,
                           const DescriptorChain& chain);
   void HandleGuestRequestLocked(const VsockHeader& header);
+  // Event thread: connects the guest REQUESTs queued by the tx path (RST if nobody listens).
+  void ConnectGuestRequestsLocked();
   // Fills header (and payload for RW) with the next packet for the guest; false: none.
   Result<bool> NextRxPacketLocked(GuestMemory& memory, const DescriptorChain& chain,
                                   VsockHeader& header);
@@ -181,6 +184,7 @@ class VsockDevice : public VirtioDevice {
   std::unordered_map<int, PendingStream> pending_streams_;   // accepted, no CONNECT line yet
   std::deque<uint64_t> rx_order_;                            // connections with packets to send
   std::deque<std::pair<uint32_t, uint32_t>> queued_resets_;  // (local, peer) ports
+  std::deque<uint64_t> guest_connects_;                      // connections waiting for connect
   std::set<uint32_t> host_ports_;
   uint32_t last_host_port_ = kFirstHostPort - 1;
   VsockStats stats_;

@@ -427,6 +427,10 @@ TEST_F(VsockTest, MalformedPacketsAreDroppedOrReset) {
 TEST_F(VsockTest, RxBufferWithoutRoomForAHeaderIsAProtocolError) {
   UniqueFd listener = Listen(uds_ + "_52");
   Send(FromGuest(kVsockOpRequest, 1234, 52));
+  // The event thread connects (the listener turns readable) and queues the RESPONSE in the
+  // same critical section, so the next rx notification finds it.
+  pollfd connected{listener.Get(), POLLIN, 0};
+  ASSERT_EQ(::poll(&connected, 1, 5000), 1);
   const Segment tiny[] = {{rx_->Alloc(16), 16, true}};
   ASSERT_TRUE(rx_->AddChain(tiny));
   Set(kRegQueueNotify, VsockDevice::kRxQueue);
