@@ -368,10 +368,14 @@ Status Vmm::Pause() {
     KickAll();
     changed_.wait_for(lock, std::chrono::milliseconds(5));
   }
+  // Host-side device events (vsock's event thread) wait too: a paused VM's memory and device
+  // state stay still, as a snapshot needs.
+  for (const AttachedDevice& device : devices_) device.transport->HoldHostNotifications();
   return Ok();
 }
 
 void Vmm::Resume() {
+  for (const AttachedDevice& device : devices_) device.transport->ReleaseHostNotifications();
   {
     std::lock_guard guard(mutex_);
     paused_ = false;

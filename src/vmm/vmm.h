@@ -110,7 +110,8 @@ class Vmm {
   Result<RunReport> Run();
   // Asks a running VM to stop (safe from any thread).
   void RequestStop();
-  // Stops every vCPU outside KVM_RUN (returns once they are) or lets them run again.
+  // Stops every vCPU outside KVM_RUN (returns once they are) and holds host-side device
+  // notifications (MmioTransport::HoldHostNotifications), or lets them all go again.
   // Safe from any thread, before or during Run(); a no-op when already in that state.
   Status Pause();
   void Resume();

@@ -11,6 +11,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <thread>
 
 #include "vmm/kvm.h"
 #include "vmm/vmm.h"
@@ -241,6 +242,36 @@ TEST(VirtioGuestTest, GuestConnectsToAHostListenerOverVsock) {
   EXPECT_EQ(host.error, "");
   EXPECT_EQ(host.received, "ping");
   EXPECT_TRUE(host.closed);
+}
+
+// Pause holds every transport's host-side notifications (so a snapshot sees still memory);
+// Resume lets them go.
+TEST(VirtioGuestTest, PauseHoldsHostNotificationsUntilResume) {
+  SKIP_WITHOUT_KVM();
+  TempImage image;
+  VmmConfig config;
+  config.kernel_path = std::string(TARTARUS_VMM_GUEST_DIR) + "/idle.elf";
+  config.memory_mib = 32;
+  config.serial_fd = -1;
+  config.entropy = true;
+  config.vsock = VsockConfig{.guest_cid = 3, .uds_path = image.dir() + "/v.sock"};
+  config.timeout = std::chrono::seconds(30);
+  auto vmm = Vmm::Create(config);
+  ASSERT_TRUE(vmm) << vmm.error().message;
+  Result<RunReport> report = Fail(ErrorCode::kInternal, "not run");
+  std::thread runner([&] { report = (*vmm)->Run(); });
+  ASSERT_TRUE((*vmm)->Pause());
+  ASSERT_EQ((*vmm)->devices().size(), 2u);
+  for (const auto& device : (*vmm)->devices()) {
+    EXPECT_TRUE(device.transport->holding_host_notifications()) << device.name;
+  }
+  (*vmm)->Resume();
+  for (const auto& device : (*vmm)->devices()) {
+    EXPECT_FALSE(device.transport->holding_host_notifications()) << device.name;
+  }
+  (*vmm)->RequestStop();
+  runner.join();
+  EXPECT_TRUE(report) << report.error().message;
 }
 
 }  // namespace

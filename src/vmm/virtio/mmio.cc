@@ -3,6 +3,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <utility>
 
 namespace tartarus::vmm::virtio {
 namespace {
@@ -225,13 +226,46 @@ void MmioTransport::ProcessQueueLocked(size_t index) {
 
 void MmioTransport::NotifyFromHost(size_t queue_index) {
   std::lock_guard lock(mutex_);
+  if (holding_) {
+    if (queue_index < 64) held_queues_ |= uint64_t{1} << queue_index;
+    return;
+  }
   ProcessQueueLocked(queue_index);
 }
 
 void MmioTransport::SignalConfigChange() {
   std::lock_guard lock(mutex_);
+  if (holding_) {
+    held_config_change_ = true;
+    return;
+  }
   ++config_generation_;
   if (status_ & kStatusDriverOk) RaiseLocked(kInterruptConfigChange);
+}
+
+void MmioTransport::HoldHostNotifications() {
+  std::lock_guard lock(mutex_);  // waits for a notification in progress
+  holding_ = true;
+}
+
+void MmioTransport::ReleaseHostNotifications() {
+  uint64_t queues;
+  bool config_change;
+  {
+    std::lock_guard lock(mutex_);
+    holding_ = false;
+    queues = std::exchange(held_queues_, 0);
+    config_change = std::exchange(held_config_change_, false);
+  }
+  for (size_t index = 0; index < 64; ++index) {
+    if (queues & (uint64_t{1} << index)) NotifyFromHost(index);
+  }
+  if (config_change) SignalConfigChange();
+}
+
+bool MmioTransport::holding_host_notifications() const {
+  std::lock_guard lock(mutex_);
+  return holding_;
 }
 
 void MmioTransport::DeviceErrorLocked(Error error) {

@@ -112,6 +112,14 @@ class MmioTransport : public BusDevice {
   // The device changed its config space: bump ConfigGeneration and interrupt the driver.
   void SignalConfigChange();
 
+  // While the VM is paused (Vmm::Pause), host-side events must not touch guest memory or the
+  // interrupt line, or a snapshot could save a used ring ahead of the transport state it
+  // saved. Held, NotifyFromHost and SignalConfigChange only record what they were asked;
+  // ReleaseHostNotifications does it. Once Hold returns, no host notification is running.
+  void HoldHostNotifications();
+  void ReleaseHostNotifications();
+  bool holding_host_notifications() const;
+
   MmioTransportState State() const;
   // Puts a freshly built transport into a saved state (snapshot restore). The state is
   // outside input: the queue count must be the device's, status bits known and in order,
@@ -151,6 +159,9 @@ class MmioTransport : public BusDevice {
   std::vector<Virtqueue> queues_;
   std::optional<Error> error_;
   bool irq_asserted_ = false;
+  bool holding_ = false;
+  uint64_t held_queues_ = 0;  // bit i: queue i was notified from the host while held
+  bool held_config_change_ = false;
 };
 
 }  // namespace tartarus::vmm::virtio

@@ -303,6 +303,39 @@ TEST_F(MmioTest, ConfigChangeBumpsTheGenerationAndInterrupts) {
   EXPECT_TRUE(irq_.level);
 }
 
+// A paused VM: host-side notifications and config changes touch neither guest memory nor the
+// interrupt line until released, and then each happens once.
+TEST_F(MmioTest, HeldHostNotificationsWaitForTheRelease) {
+  Initialize();
+  AddEntropyRequest();
+  const uint32_t generation = Get(kRegConfigGeneration);
+  transport_.HoldHostNotifications();
+  EXPECT_TRUE(transport_.holding_host_notifications());
+  transport_.NotifyFromHost(0);
+  transport_.NotifyFromHost(0);
+  transport_.NotifyFromHost(7);  // no such queue: dropped on release, as unheld
+  transport_.SignalConfigChange();
+  EXPECT_EQ(driver_.UsedIdx().value(), 0);
+  EXPECT_EQ(Get(kRegInterruptStatus), 0u);
+  EXPECT_EQ(Get(kRegConfigGeneration), generation);
+  EXPECT_FALSE(irq_.level);
+  transport_.ReleaseHostNotifications();
+  EXPECT_FALSE(transport_.holding_host_notifications());
+  EXPECT_EQ(driver_.UsedIdx().value(), 1);
+  EXPECT_EQ(Get(kRegConfigGeneration), generation + 1);
+  EXPECT_EQ(Get(kRegInterruptStatus), kInterruptUsedBuffer | kInterruptConfigChange);
+  EXPECT_TRUE(irq_.level);
+  // Released means released: the next notification is served at once, and a second release
+  // replays nothing.
+  AddEntropyRequest();
+  transport_.NotifyFromHost(0);
+  EXPECT_EQ(driver_.UsedIdx().value(), 2);
+  transport_.ReleaseHostNotifications();
+  EXPECT_EQ(driver_.UsedIdx().value(), 2);
+  EXPECT_EQ(Get(kRegConfigGeneration), generation + 1);
+  EXPECT_TRUE(errors_.empty());
+}
+
 TEST(MmioBlockTest, ConfigSpaceHoldsTheCapacityAtAnyWidth) {
   GuestMemory memory = std::move(GuestMemory::CreateAnonymous(1 << 16).value());
   MmioTransport transport(

@@ -275,6 +275,24 @@ TEST_F(VsockTest, HostInitiatedConnectDataBothWaysAndClose) {
   EXPECT_TRUE(errors_.empty());
 }
 
+// A paused VM holds its transports: host data that arrives meanwhile stays out of guest
+// memory (a snapshot sees a still ring) and is delivered on release.
+TEST_F(VsockTest, HeldTransportDeliversHostDataOnlyAfterRelease) {
+  AddRxBuffers(8);
+  UniqueFd client = OpenHostConnection();
+  const uint16_t used_before = rx_->UsedIdx().value();
+  transport_->HoldHostNotifications();
+  WriteAll(client.Get(), "while paused");
+  EXPECT_FALSE(NextRx(std::chrono::milliseconds(200)));
+  EXPECT_EQ(rx_->UsedIdx().value(), used_before);
+  transport_->ReleaseHostNotifications();
+  std::optional<Packet> data = NextRx();
+  ASSERT_TRUE(data);
+  EXPECT_EQ(data->header.op, kVsockOpRw);
+  EXPECT_EQ(std::string(data->payload.begin(), data->payload.end()), "while paused");
+  EXPECT_TRUE(errors_.empty());
+}
+
 TEST_F(VsockTest, GuestShutdownResetsAndClosesTheClient) {
   AddRxBuffers(8);
   UniqueFd client = OpenHostConnection();
