@@ -184,11 +184,12 @@ Status LoadModules() {
   return Ok();
 }
 
-Status WaitForDevice(const std::string& path) {
+// Devices appear in devtmpfs as their drivers probe them, after the module load returned.
+Status WaitForDevice(const std::string& what, const std::string& path) {
   auto deadline = std::chrono::steady_clock::now() + kRootDeviceWait;
   while (access(path.c_str(), F_OK) != 0) {
     if (std::chrono::steady_clock::now() > deadline) {
-      return Fail(ErrorCode::kNotFound, "root device " + path + " did not appear within " +
+      return Fail(ErrorCode::kNotFound, what + " " + path + " did not appear within " +
                                             std::to_string(kRootDeviceWait.count()) + " s");
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
@@ -245,6 +246,13 @@ Result<BootOptions> ParseBootOptions(std::string_view cmdline) {
     } else if (key == "tartarus.disk_bytes") {
       options.disk_bytes =
           TRY(ParseDecimal("tartarus.disk_bytes", value, kMinDiskBytes, 1ull << 50));
+    } else if (key == "tartarus.agent_tty") {
+      if (value.rfind("/dev/", 0) != 0 || value.size() <= 5 ||
+          value.find("..") != std::string::npos) {
+        return Fail(ErrorCode::kInvalidArgument,
+                    "tartarus.agent_tty: expected a device under /dev/, got \"" + value + "\"");
+      }
+      options.agent_tty = value;
     } else if (key == "tartarus.hostname") {
       if (!ValidHostname(value)) {
         return Fail(ErrorCode::kInvalidArgument,
@@ -346,7 +354,9 @@ Result<BootOptions> RunInit() {
   auto cmdline = TRY(ReadWholeFile("/proc/cmdline"));
   BootOptions options = TRY(ParseBootOptions(cmdline));
   TRY(LoadModules());
-  TRY(WaitForDevice(options.root_device));
+  TRY(WaitForDevice("root device", options.root_device));
+  // /dev moves into the new root, so the path stays valid after the switch.
+  if (!options.agent_tty.empty()) TRY(WaitForDevice("agent terminal", options.agent_tty));
   TRY(RunMountPlan(RootMountPlan(options)));
   TRY(SwitchRoot(kNewRoot));
   if (sethostname(options.hostname.data(), options.hostname.size()) < 0) {

@@ -2,8 +2,8 @@
 // microVM's initramfs it reads its settings from the kernel command line, loads the kernel
 // modules shipped in the initramfs, mounts the template's ext4 image read-only under a
 // tmpfs-backed overlay as the sandbox root, switches into it and then serves the guest
-// protocol over vsock. The decisions (options, module order, mount plan) are plain data so
-// they are tested on any host; RunInit carries them out.
+// protocol over vsock (or a terminal, tartarus.agent_tty). The decisions (options, module order,
+// mount plan) are plain data so they are tested on any host; RunInit carries them out.
 #pragma once
 
 #include <sys/types.h>
@@ -28,6 +28,10 @@ struct BootOptions {
   uint32_t vsock_port = kDefaultVsockPort;  // tartarus.vsock_port=
   uint64_t disk_bytes = 1ull << 30;         // tartarus.disk_bytes=: the writable layer's size
   std::string hostname = "tartarus";        // tartarus.hostname=
+  // tartarus.agent_tty=/dev/hvc0: serve the guest protocol on this terminal (put in raw mode)
+  // instead of vsock, for hypervisors without a vsock device (QEMU without vhost-vsock, as
+  // the QEMU boot test uses). The device must appear once the modules are loaded.
+  std::string agent_tty;
 };
 
 // Parses /proc/cmdline's text. Unknown `tartarus.` keys, bad numbers, a relative root
@@ -70,7 +74,8 @@ std::vector<MountStep> EarlyMountPlan();
 Status RunMountPlan(const std::vector<MountStep>& plan);
 
 // The whole boot as PID 1: early mounts, modules from /lib/modules/<release>/ (the list in
-// /lib/modules/tartarus.modules, one name a line), the root, the switch, the hostname.
+// /lib/modules/tartarus.modules, one name a line), the root and agent_tty devices, the root,
+// the switch, the hostname.
 // Returns the options for the caller to serve on, or what failed.
 Result<BootOptions> RunInit();
 

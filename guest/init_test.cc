@@ -22,9 +22,11 @@ using ::testing::HasSubstr;
 TEST(BootOptions, ReadsTheTartarusKeysAndIgnoresTheKernels) {
   auto options = ParseBootOptions(
       "console=ttyS0 reboot=k panic=-1 tartarus.root=/dev/vda tartarus.vsock_port=5000 "
-      "tartarus.disk_bytes=2097152 tartarus.hostname=box-1 quiet -- --init\n");
+      "tartarus.disk_bytes=2097152 tartarus.hostname=box-1 tartarus.agent_tty=/dev/hvc0 quiet "
+      "-- --init\n");
   ASSERT_TRUE(options) << options.error().message;
   EXPECT_EQ(options->root_device, "/dev/vda");
+  EXPECT_EQ(options->agent_tty, "/dev/hvc0");
   EXPECT_EQ(options->root_fstype, "ext4");
   EXPECT_EQ(options->vsock_port, 5000u);
   EXPECT_EQ(options->disk_bytes, 2097152u);
@@ -37,6 +39,7 @@ TEST(BootOptions, DefaultsWhereTheHostSaysNothing) {
   EXPECT_EQ(options->vsock_port, kDefaultVsockPort);
   EXPECT_EQ(options->hostname, "tartarus");
   EXPECT_EQ(options->disk_bytes, 1ull << 30);
+  EXPECT_EQ(options->agent_tty, "") << "vsock unless the host asks for a terminal";
 }
 
 TEST(BootOptions, RefusesBadValuesNamingTheKey) {
@@ -58,6 +61,8 @@ TEST(BootOptions, RefusesBadValuesNamingTheKey) {
       {"tartarus.root=/dev/vda tartarus.rootfstype=Ext4", "tartarus.rootfstype"},
       {"tartarus.root=/dev/vda tartarus.colour=red", "unknown key tartarus.colour"},
       {"tartarus.root=/dev/vda tartarus.hostname", "has no value"},
+      {"tartarus.root=/dev/vda tartarus.agent_tty=hvc0", "tartarus.agent_tty"},
+      {"tartarus.root=/dev/vda tartarus.agent_tty=/dev/../etc/passwd", "tartarus.agent_tty"},
   };
   for (const Case& c : cases) {
     auto options = ParseBootOptions(c.cmdline);

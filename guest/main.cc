@@ -24,6 +24,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -187,6 +188,34 @@ int ServeVsock(uint32_t port) {
   return ServeListener(listener.Get());
 }
 
+// A terminal (a hypervisor's console port) as the byte stream: raw, so every byte of the
+// protocol passes unchanged (no echo, no line editing, no CR/LF mapping, no flow control).
+int ServeTty(const std::string& path) {
+  UniqueFd tty(open(path.c_str(), O_RDWR | O_NOCTTY | O_CLOEXEC));
+  if (!tty) {
+    Log("open " + path + ": " + std::strerror(errno));
+    return 1;
+  }
+  termios mode{};
+  if (tcgetattr(tty.Get(), &mode) < 0) {
+    Log("tcgetattr " + path + ": " + std::strerror(errno));
+    return 1;
+  }
+  cfmakeraw(&mode);
+  mode.c_cflag |= CLOCAL | CREAD;
+  mode.c_cflag &= ~CRTSCTS;
+  mode.c_iflag &= ~(IXON | IXOFF | IXANY);
+  mode.c_cc[VMIN] = 1;
+  mode.c_cc[VTIME] = 0;
+  if (tcsetattr(tty.Get(), TCSANOW, &mode) < 0) {
+    Log("tcsetattr " + path + ": " + std::strerror(errno));
+    return 1;
+  }
+  Log("serving on " + path);
+  Agent agent(TARTARUS_VERSION);
+  return ExitCodeFor(agent.Serve(tty.Get(), tty.Get()));
+}
+
 // PID 1 must not exit (the kernel panics); a reboot ends the VM, and tartarus-vmm reports
 // the guest's i8042 reset (reboot=k) as a clean stop.
 [[noreturn]] void EndVm() {
@@ -201,8 +230,11 @@ int RunAsInit() {
     Log("boot failed: " + options.error().message);
     EndVm();
   }
-  int code = ServeVsock(options->vsock_port);
-  if (code != 0) Log("vsock serving ended with " + std::to_string(code));
+  const bool on_tty = !options->agent_tty.empty();
+  int code = on_tty ? ServeTty(options->agent_tty) : ServeVsock(options->vsock_port);
+  if (code != 0)
+    Log((on_tty ? "terminal" : "vsock") + std::string(" serving ended with ") +
+        std::to_string(code));
   EndVm();
 }
 

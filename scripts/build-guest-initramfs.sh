@@ -2,8 +2,9 @@
 # Tartarus microvm backend (guest side): builds the initramfs a microVM boots with. It holds
 # the static guest agent as /init (its init mode mounts the sandbox root, guest/init.h) and
 # the kernel modules the Debian cloud kernel needs as modules for a virtio-mmio machine
-# (virtio_mmio, virtio_blk, overlay, vsock over virtio, virtio-rng) with their dependencies,
-# a modules.dep for them and the list to load (lib/modules/tartarus.modules).
+# (virtio_mmio, virtio_blk, overlay, vsock over virtio, virtio-rng, and virtio-console for
+# tartarus.agent_tty) with their dependencies, a modules.dep for them and the list to load
+# (lib/modules/tartarus.modules).
 #
 #   scripts/build-guest-initramfs.sh [--agent PATH] [--out DIR] [VMM_STATE_DIR]
 #
@@ -26,7 +27,7 @@ while [ $# -gt 0 ]; do
   case $1 in
     --agent) [ $# -ge 2 ] || die "--agent needs a path"; agent=$2; shift 2 ;;
     --out) [ $# -ge 2 ] || die "--out needs a directory"; out_dir=$2; shift 2 ;;
-    -h | --help) sed -n '2,13p' "$0" >&2; exit 0 ;;
+    -h | --help) sed -n '2,14p' "$0" >&2; exit 0 ;;
     -*) die "unknown option $1 (see --help)" ;;
     *) break ;;
   esac
@@ -60,7 +61,7 @@ moddir="$kernel_root/lib/modules/$release"
 
 # What a virtio-mmio microVM with a vsock and an ext4 + overlay root needs. Each is either
 # built in (modules.builtin) or shipped with its dependencies.
-wanted="virtio_mmio virtio_blk overlay vsock vmw_vsock_virtio_transport virtio_rng"
+wanted="virtio_mmio virtio_blk overlay vsock vmw_vsock_virtio_transport virtio_rng virtio_console"
 
 # name -> path of its .ko under $moddir ('-' and '_' are the same to the kernel), from an
 # index of every module built once.

@@ -15,8 +15,10 @@ packages=(
   debootstrap e2fsprogs busybox-static ca-certificates
   # tests and benchmarks
   iproute2 procps util-linux bubblewrap hyperfine
-  # tartarus-vmm: test guests are assembled with binutils; iasl checks generated ACPI tables
-  binutils acpica-tools cpio
+  # tartarus-vmm: test guests are assembled with binutils; iasl checks generated ACPI tables;
+  # QEMU boots the microVM guest side (kernel, initramfs, agent) where KVM cannot, and is
+  # the peer of bench/vmm_start_bench
+  binutils acpica-tools cpio qemu-system-x86
   # control-plane store tests (a throwaway PostgreSQL cluster)
   postgresql
 )

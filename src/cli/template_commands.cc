@@ -6,6 +6,7 @@
 #include "cli/table.h"
 #include "common/units.h"
 #include "node/sandbox_store.h"
+#include "template/ext4_image.h"
 #include "template/template_store.h"
 
 namespace tartarus::cli {
@@ -47,7 +48,7 @@ void AddTemplateCommands(CLI::App& app, GlobalOptions& global, int& exit_code) {
 
   struct BuildFlags {
     std::vector<std::string> names;
-    bool force = false, verbose = false;
+    bool force = false, verbose = false, microvm = false;
   };
   auto build_flags = std::make_shared<BuildFlags>();
   CLI::App* build = group->add_subcommand(
@@ -55,6 +56,9 @@ void AddTemplateCommands(CLI::App& app, GlobalOptions& global, int& exit_code) {
   build->add_option("templates", build_flags->names, "Template names or .yaml paths")->required();
   build->add_flag("-f,--force", build_flags->force, "Rebuild even when up to date");
   build->add_flag("-v,--verbose", build_flags->verbose, "Show the output of debootstrap and apt");
+  build->add_flag("--microvm", build_flags->microvm,
+                  "Also make the ext4 image the microvm runtime boots (rootfs.ext4), which "
+                  "its first run would otherwise make");
   build->callback([&global, &exit_code, build_flags] {
     auto store = OpenStore(global, build_flags->verbose);
     exit_code = 0;
@@ -67,6 +71,19 @@ void AddTemplateCommands(CLI::App& app, GlobalOptions& global, int& exit_code) {
       std::fprintf(stderr, "%s: %s (%s, %s)\n", built->name.c_str(),
                    built->built_now ? "built" : "up to date",
                    FormatBytes(built->size_bytes).c_str(), built->rootfs.c_str());
+      if (!build_flags->microvm) continue;
+      // Right after the tree, so the first `run --runtime microvm` starts without it.
+      bool made = false;
+      auto image = templates::EnsureExt4Image(built->rootfs, [&made](std::string_view line) {
+        made = true;
+        PrintLine(line);
+      });
+      if (!image) {
+        exit_code = ReportError(image.error().Context(built->name + ": microvm image"));
+        continue;
+      }
+      std::fprintf(stderr, "%s: microvm image %s (%s)\n", built->name.c_str(),
+                   made ? "made" : "up to date", image->c_str());
     }
   });
 

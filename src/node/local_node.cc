@@ -23,6 +23,7 @@
 #include "protocol/codec.h"
 #include "runtime/owner.h"
 #include "runtime/phase_trace.h"
+#include "template/ext4_image.h"
 #include "template/template_store.h"
 
 namespace tartarus::node {
@@ -152,6 +153,13 @@ Result<Prepared> Prepare(const NodeConfig& config, const RunRequest& request,
   backend_phase.Stop();
   runtime::PhaseTimer template_phase("prepare.ensure_template");
   auto built = TRY(EnsureTemplate(config, request.template_name, progress));
+  if (request.runtime == "microvm") {
+    // A template's first microVM needs its ext4 image: made here, where the caller's progress
+    // output (and -q) applies, rather than silently inside the backend.
+    TRY(templates::EnsureExt4Image(built.rootfs, [&](std::string_view line) {
+      if (progress) progress(std::string(line));
+    }));
+  }
   template_phase.Stop();
 
   SandboxRecord& r = p.record;

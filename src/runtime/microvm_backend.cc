@@ -12,7 +12,9 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <nlohmann/json.hpp>
@@ -23,6 +25,7 @@
 
 #include "common/file_util.h"
 #include "common/subprocess.h"
+#include "runtime/cgroups.h"
 #include "runtime/oci_backend.h"
 #include "runtime/oci_bundle.h"
 #include "runtime/owner.h"
@@ -41,8 +44,12 @@ constexpr milliseconds kBootTimeout{30000};
 constexpr milliseconds kConnectAttemptTimeout{3000};
 constexpr milliseconds kRetryInterval{20};
 constexpr milliseconds kExitTimeout{5000};
+// The jailer needs a moment after SIGTERM: kill the VMM, remove the jail and the cgroup.
+constexpr milliseconds kJailerStopTimeout{3000};
 constexpr size_t kLogTailBytes = 2048;
-constexpr const char* kVsockFile = "vsock.sock";
+constexpr const char* kVsockFile = "v.sock";
+// sockaddr_un::sun_path less its terminating NUL.
+constexpr size_t kMaxUnixPath = sizeof(sockaddr_un::sun_path) - 1;
 
 std::string SelfDir() {
   char buf[4096];
@@ -75,6 +82,80 @@ std::vector<std::string> ListDir(const std::string& path) {
 
 // The last lines of the runtime's log, for error messages.
 std::string LogTail(const std::string& path) { return ReadFileTail(path, kLogTailBytes); }
+
+// The jailer's child is the VMM (pid 1 of its PID namespace); 0 before it forked.
+pid_t JailedVmmPid(pid_t jailer) {
+  std::string jailer_pid = std::to_string(jailer);
+  std::ifstream children("/proc/" + jailer_pid + "/task/" + jailer_pid + "/children");
+  long pid = 0;
+  return children >> pid ? static_cast<pid_t>(pid) : 0;
+}
+
+// The cgroup leaf the jailer makes for the VM, as a path under each hierarchy's root.
+std::string VmmCgroupPath(std::string_view id) {
+  return "/" + std::string(kVmmCgroupParent) + "/" + std::string(id);
+}
+
+// True when a mount point lies under `dir` in our mount namespace: a recursive delete would
+// then reach into whatever is mounted there. (The jail's own mounts live in the VMM's mount
+// namespace and are never seen here.)
+bool HasMountsUnder(const std::string& dir) {
+  std::ifstream mounts("/proc/self/mounts");
+  std::string device, point, rest;
+  while (mounts >> device >> point && std::getline(mounts, rest)) {
+    if (point == dir || point.starts_with(dir + "/")) return true;
+  }
+  return false;
+}
+
+Status RemoveTreeUnlessMounted(const std::string& dir) {
+  if (HasMountsUnder(dir)) {
+    return Fail(ErrorCode::kFailedPrecondition, dir + " still has mount points under it");
+  }
+  std::error_code error;
+  std::filesystem::remove_all(dir, error);
+  if (error) return Fail(ErrorCode::kIo, "removing " + dir + ": " + error.message());
+  return Ok();
+}
+
+// After the jailer is gone: the VMM if it outlived it (its parent-death signal is set only
+// once it is jailed), the cgroup leaf, the jail and the vsock dir. The VMM dies
+// asynchronously, so removing its cgroup retries for a moment.
+Status RemoveJailLeftovers(const std::string& sandbox_dir, std::string_view id) {
+  const std::string cgroup = VmmCgroupPath(id);
+  Status removed = Ok();
+  auto deadline = std::chrono::steady_clock::now() + kJailerStopTimeout;
+  do {
+    KillCgroupProcesses(CgroupDirsForPath(std::string(kCgroupRoot), cgroup));
+    removed = RemoveCgroupPath(std::string(kCgroupRoot), cgroup);
+    if (removed) break;
+    std::this_thread::sleep_for(kRetryInterval);
+  } while (std::chrono::steady_clock::now() < deadline);
+  TRY(removed);
+  TRY(RemoveTreeUnlessMounted(MicrovmJailBase(sandbox_dir)));
+  TRY(RemoveTreeUnlessMounted(sandbox_dir + "/vsock"));
+  return Ok();
+}
+
+// The jailed VMM opens the files vm.json names as its own uid/gid, inside the jail: say so
+// here rather than as a permission error in the VMM's log.
+Status CheckReadableBy(const std::string& path, uint32_t uid, uint32_t gid) {
+  struct stat st;
+  if (stat(path.c_str(), &st) < 0) return FailErrno("stat " + path);
+  bool readable = (st.st_mode & S_IROTH) || (st.st_uid == uid && (st.st_mode & S_IRUSR)) ||
+                  (st.st_gid == gid && (st.st_mode & S_IRGRP));
+  if (readable) return Ok();
+  char mode[8];
+  std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
+  return Fail(ErrorCode::kPermissionDenied,
+              path + " (mode " + mode + ") is not readable by the jailed tartarus-vmm (uid " +
+                  std::to_string(uid) + ", gid " + std::to_string(gid) + "): chmod a+r it");
+}
+
+void PrintProgressLine(std::string_view line) {
+  std::fprintf(stderr, "%.*s\n", static_cast<int>(line.size()), line.data());
+  std::fflush(stderr);
+}
 
 // A sockaddr_un for `path`. Callers with a path too long for sun_path (sandbox ids make
 // the absolute path long) pass /proc/self/fd/<dir fd>/<name> instead (ConnectToAgent).
@@ -144,7 +225,9 @@ class MicrovmSandbox final : public Sandbox {
   UniqueFd TakeToAgent() override { return std::move(to_agent_); }
   Result<Usage> GetUsage() override {
     if (process_.pid() <= 0) return Fail(ErrorCode::kFailedPrecondition, "sandbox not started");
-    return ProcessUsage(process_.pid());
+    // The VM is the jailer's child; the jailer itself only waits.
+    pid_t vmm = JailedVmmPid(process_.pid());
+    return ProcessUsage(vmm > 0 ? vmm : process_.pid());
   }
   // Start() returns only once the agent answered on vsock.
   Status WaitStarted() override { return Ok(); }
@@ -158,12 +241,21 @@ class MicrovmSandbox final : public Sandbox {
     from_agent_.Reset();
     to_agent_.Reset();
     if (process_.pid() > 0) {
-      // The VM is one process: killing it ends every guest process at once.
-      process_.Signal(SIGKILL);
-      (void)process_.WaitFor(kExitTimeout);
+      // The VM is one process: killing it ends every guest process at once. SIGTERM makes
+      // the jailer SIGKILL the VMM and remove the jail and its cgroup before it exits.
+      process_.Signal(SIGTERM);
+      bool timed_out = false;
+      (void)process_.WaitFor(kJailerStopTimeout, &timed_out);
+      if (timed_out) {
+        process_.Signal(SIGKILL);
+        (void)process_.WaitFor(kExitTimeout);
+      }
       process_ = Subprocess();
     }
-    for (const char* file : {"owner", "runtime", "runtime.log", "vm.json", kVsockFile}) {
+    if (Status left = RemoveJailLeftovers(dir_, id_); !left) {
+      return Fail(left.error().Context("destroying sandbox " + id_));
+    }
+    for (const char* file : {"owner", "runtime", "runtime.log", "vm.json"}) {
       std::string path = dir_ + "/" + file;
       if (unlink(path.c_str()) < 0 && errno != ENOENT) {
         return Fail(ErrnoError("unlink " + path).Context("destroying sandbox " + id_));
@@ -179,7 +271,19 @@ class MicrovmSandbox final : public Sandbox {
   Status Start(const SandboxSpec& spec) {
     GuestImages images = TRY(FindGuestImages(MicrovmStateDir(config_)));
     TRY(CheckInitramfsHasAgent(images, spec.agent_path));
-    std::string image = TRY(templates::EnsureExt4Image(spec.rootfs));
+    // The first microVM of a template makes its ext4 image: seconds for big templates.
+    std::string image = TRY(
+        templates::EnsureExt4Image(spec.rootfs, spec.progress ? spec.progress : PrintProgressLine));
+    for (const std::string& file : {images.kernel, images.initramfs, image}) {
+      TRY(CheckReadableBy(file, config_.vmm_uid, config_.vmm_gid));
+    }
+    MicrovmLaunch launch = TRY(MakeMicrovmLaunch(spec, images, image, MicrovmVsockPath(dir_)));
+    std::vector<std::string> argv = TRY(MicrovmVmmArgv({.vmm_path = SelfDir() + "/tartarus-vmm",
+                                                        .sandbox_dir = dir_,
+                                                        .id = id_,
+                                                        .uid = config_.vmm_uid,
+                                                        .gid = config_.vmm_gid},
+                                                       launch));
     if (mkdir(dir_.c_str(), 0700) < 0) {
       if (errno == EEXIST) {
         return Fail(ErrorCode::kAlreadyExists, "sandbox " + id_ + " already exists");
@@ -189,18 +293,35 @@ class MicrovmSandbox final : public Sandbox {
     created_dir_ = true;
     auto owner = TRY(CurrentProcessOwner());
     TRY(WriteFileAtomic(dir_ + "/owner", FormatOwnerRecord(owner), Durability::kNoFsync, 0600));
-    MicrovmLaunch launch = TRY(MakeMicrovmLaunch(spec, images, image, kVsockFile));
-    std::string config_path = dir_ + "/vm.json";
+    // The jailed VMM reads its config and binds its vsock socket as its own uid.
+    std::string config_path = MicrovmConfigPath(dir_);
     TRY(WriteFileAtomic(config_path, MicrovmConfigJson(launch), Durability::kNoFsync, 0600));
+    if (chown(config_path.c_str(), config_.vmm_uid, config_.vmm_gid) < 0) {
+      return FailErrno("chown " + config_path);
+    }
+    std::string vsock_dir = dir_ + "/vsock";
+    if (mkdir(vsock_dir.c_str(), 0700) < 0 ||
+        chown(vsock_dir.c_str(), config_.vmm_uid, config_.vmm_gid) < 0) {
+      return FailErrno("making " + vsock_dir);
+    }
 
     std::string log_path = dir_ + "/runtime.log";
     UniqueFd log(open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
     if (!log) return FailErrno("creating " + log_path);
-    // The VMM runs in the sandbox dir, so the vsock socket's path is short whatever the id.
-    process_ = TRY(Spawn({.argv = {SelfDir() + "/tartarus-vmm", "--config-file", config_path},
-                          .cwd = dir_,
-                          .fds = {{0, -1}, {1, log.Get()}, {2, log.Get()}}}));
-    // Recorded for CleanupLeftovers: the VMM outlives a killed owner.
+    // What the jail is meant to be; the jailer's own lines follow, among them any limit this
+    // host cannot apply (it runs the VM without it rather than fail).
+    MicrovmCgroupLimits limits = MicrovmVmmLimits(launch);
+    std::string intro =
+        "tartarus: tartarus-vmm jailed in " + MicrovmJailBase(dir_) + "/" + id_ + " as uid " +
+        std::to_string(config_.vmm_uid) + " gid " + std::to_string(config_.vmm_gid) + ", cgroup " +
+        std::string(kVmmCgroupParent) + "/" + id_ + " cpu.max \"" +
+        std::to_string(limits.cpu_quota_us) + " " + std::to_string(kCpuMaxPeriodUs) +
+        "\" memory.max " + std::to_string(limits.memory_max_bytes) + " pids.max " +
+        std::to_string(limits.pids_max) + "\n";
+    (void)!write(log.Get(), intro.data(), intro.size());
+    process_ =
+        TRY(Spawn({.argv = argv, .cwd = dir_, .fds = {{0, -1}, {1, log.Get()}, {2, log.Get()}}}));
+    // Recorded for CleanupLeftovers: the jailer (and its VMM) outlive a killed owner.
     if (auto start = ProcessStartTime(process_.pid())) {
       (void)WriteFileAtomic(dir_ + "/runtime", FormatOwnerRecord({process_.pid(), *start}),
                             Durability::kNoFsync, 0600);
@@ -232,13 +353,8 @@ class MicrovmSandbox final : public Sandbox {
 
   // Retries the hybrid vsock handshake while the guest boots; a VMM that exits ends it.
   Result<UniqueFd> ConnectToAgent(const std::string& log_path) {
-    std::string uds = dir_ + "/" + kVsockFile;
-    UniqueFd dir_fd;
-    if (uds.size() >= sizeof(sockaddr_un::sun_path)) {
-      dir_fd.Reset(open(dir_.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
-      if (!dir_fd) return FailErrno("open " + dir_);
-      uds = "/proc/self/fd/" + std::to_string(dir_fd.Get()) + "/" + kVsockFile;
-    }
+    // MicrovmVmmArgv made sure the path fits in a sockaddr_un.
+    std::string uds = MicrovmVsockPath(dir_);
     auto deadline = std::chrono::steady_clock::now() + kBootTimeout;
     Error last{ErrorCode::kTimeout, "no attempt"};
     while (std::chrono::steady_clock::now() < deadline) {
@@ -246,8 +362,8 @@ class MicrovmSandbox final : public Sandbox {
       if (exited) {
         process_ = Subprocess();
         return Fail(ErrorCode::kFailedPrecondition,
-                    "tartarus-vmm exited before the guest agent answered (" + exited->Describe() +
-                        "): " + LogTail(log_path));
+                    "tartarus-vmm (jailed) exited before the guest agent answered (" +
+                        exited->Describe() + "): " + LogTail(log_path));
       }
       auto stream = ConnectHybridVsock(uds, kAgentVsockPort, kConnectAttemptTimeout);
       if (stream) return stream;
@@ -285,6 +401,11 @@ class MicrovmBackend final : public Backend {
     if (access(vmm.c_str(), X_OK) != 0) {
       return Fail(ErrorCode::kFailedPrecondition,
                   "the microvm backend needs tartarus-vmm next to tartarus (" + vmm + ")");
+    }
+    if (geteuid() != 0) {
+      return Fail(ErrorCode::kPermissionDenied,
+                  "the microvm backend jails tartarus-vmm (namespaces, chroot, an unprivileged "
+                  "uid), which needs root: run tartarus as root");
     }
     TRY(FindGuestImages(MicrovmStateDir(config_)));
     return Ok();
@@ -385,10 +506,103 @@ Result<MicrovmLaunch> MakeMicrovmLaunch(const SandboxSpec& spec, GuestImages ima
                        .hostname = spec.hostname};
   // A VM has whole vCPUs: a fraction of a CPU still needs one.
   launch.vcpus = std::clamp<uint32_t>((spec.limits.millicpus + 999) / 1000, 1, 32);
+  launch.millicpus = std::clamp<uint32_t>(spec.limits.millicpus, 1, launch.vcpus * 1000);
   // Guest RAM is the memory limit; the guest kernel takes its share of it.
   launch.memory_mib = std::max<uint64_t>(spec.limits.memory_bytes / kMiB, 64);
   launch.disk_bytes = std::max<uint64_t>(spec.limits.disk_bytes, kMiB);
   return launch;
+}
+
+MicrovmCgroupLimits MicrovmVmmLimits(const MicrovmLaunch& launch) {
+  uint64_t guest = launch.memory_mib * kMiB;
+  // At least 1 ms per period: the kernel refuses a smaller cpu.max quota.
+  uint64_t quota =
+      std::max<uint64_t>(static_cast<uint64_t>(std::min(launch.millicpus, launch.vcpus * 1000)) *
+                             kCpuMaxPeriodUs / 1000,
+                         1000);
+  return {.cpu_quota_us = quota,
+          .memory_max_bytes = guest + kVmmMemoryOverheadBytes + guest / 64,
+          .pids_max = launch.vcpus + kVmmThreadAllowance};
+}
+
+std::string MicrovmConfigPath(const std::string& sandbox_dir) { return sandbox_dir + "/vm.json"; }
+std::string MicrovmVsockPath(const std::string& sandbox_dir) {
+  return sandbox_dir + "/vsock/" + kVsockFile;
+}
+std::string MicrovmJailBase(const std::string& sandbox_dir) { return sandbox_dir + "/jail"; }
+
+Result<std::vector<std::string>> MicrovmVmmArgv(const MicrovmVmmCommand& command,
+                                                const MicrovmLaunch& launch) {
+  if (command.uid == 0 || command.gid == 0) {
+    return Fail(ErrorCode::kInvalidArgument, "tartarus-vmm uid " + std::to_string(command.uid) +
+                                                 " gid " + std::to_string(command.gid) +
+                                                 ": the jailed VMM must not run as root");
+  }
+  TRY(ValidateSandboxId(command.id));
+  if (command.vmm_path.empty()) {
+    return Fail(ErrorCode::kInvalidArgument, "no tartarus-vmm binary given");
+  }
+  for (const auto& [what, path] :
+       {std::pair<const char*, const std::string&>{"sandbox dir", command.sandbox_dir},
+        {"kernel", launch.images.kernel},
+        {"initramfs", launch.images.initramfs},
+        {"root image", launch.root_image},
+        {"vsock socket", launch.vsock_uds}}) {
+    if (path.empty() || path.front() != '/') {
+      return Fail(ErrorCode::kInvalidArgument,
+                  std::string(what) + " \"" + path +
+                      "\": must be an absolute path (the jail holds files at their host paths)");
+    }
+  }
+  if (launch.vsock_uds.size() > kMaxUnixPath) {
+    return Fail(ErrorCode::kInvalidArgument, "vsock socket path " + launch.vsock_uds + " is " +
+                                                 std::to_string(launch.vsock_uds.size()) +
+                                                 " bytes, more than a Unix socket takes (" +
+                                                 std::to_string(kMaxUnixPath) +
+                                                 "): use a shorter --state-dir");
+  }
+  MicrovmCgroupLimits limits = MicrovmVmmLimits(launch);
+  return std::vector<std::string>{
+      command.vmm_path,
+      "--config-file",
+      MicrovmConfigPath(command.sandbox_dir),
+      "--id",
+      command.id,
+      "--jail",
+      MicrovmJailBase(command.sandbox_dir),
+      "--uid",
+      std::to_string(command.uid),
+      "--gid",
+      std::to_string(command.gid),
+      "--cgroup-parent",
+      std::string(kVmmCgroupParent),
+      "--cpu-max",
+      std::to_string(limits.cpu_quota_us) + " " + std::to_string(kCpuMaxPeriodUs),
+      "--memory-max",
+      std::to_string(limits.memory_max_bytes),
+      "--pids-max",
+      std::to_string(limits.pids_max)};
+}
+
+Status TeardownMicrovmJail(const std::string& sandbox_dir, std::string_view id) {
+  // Only microVM sandboxes have these; other backends' dirs are left alone.
+  if (access(MicrovmConfigPath(sandbox_dir).c_str(), F_OK) != 0 &&
+      access(MicrovmJailBase(sandbox_dir).c_str(), F_OK) != 0) {
+    return Ok();
+  }
+  if (auto text = ReadSmallFile(sandbox_dir + "/runtime", 256)) {
+    auto jailer = ParseOwnerRecord(*text);
+    if (jailer && OwnerAlive(*jailer)) {
+      // Not our child: poll for its exit instead of waiting.
+      kill(jailer->pid, SIGTERM);
+      auto deadline = std::chrono::steady_clock::now() + kJailerStopTimeout;
+      while (OwnerAlive(*jailer) && std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(kRetryInterval);
+      }
+      if (OwnerAlive(*jailer)) kill(jailer->pid, SIGKILL);
+    }
+  }
+  return RemoveJailLeftovers(sandbox_dir, id);
 }
 
 std::string MicrovmBootArgs(const MicrovmLaunch& launch) {

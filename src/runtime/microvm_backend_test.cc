@@ -1,8 +1,10 @@
 // The microvm backend (Tartarus runtime): the availability reasons, finding the guest
 // kernel and initramfs, the VM's config file and kernel command line (checked against the
-// guest agent's own parser), the hybrid vsock handshake against a fake VMM socket, the real
-// tartarus-vmm accepting the config we write, and `tartarus run --runtime microvm` end to end
-// where the host can boot a Linux guest.
+// guest agent's own parser), the hybrid vsock handshake against a fake VMM socket, the jailed
+// VMM's argv and cgroup limits, the real tartarus-vmm accepting the config we write and
+// running jailed with exactly the backend's argv (and CleanupLeftovers stopping it when its
+// owner died), and `tartarus run --runtime microvm` end to end where the host can boot a
+// Linux guest.
 #include "runtime/microvm_backend.h"
 
 #include <fcntl.h>
@@ -15,6 +17,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -22,6 +25,8 @@
 
 #include "common/subprocess.h"
 #include "guest/init.h"
+#include "runtime/oci_backend.h"
+#include "runtime/owner.h"
 #include "template/ext4_image.h"
 
 namespace tartarus::runtime {
@@ -174,6 +179,93 @@ TEST(MicrovmLaunch, ConfigFileIsFirecrackersJson) {
   EXPECT_TRUE(config.contains("entropy"));
 }
 
+TEST(MicrovmJail, CgroupLimitsCoverTheGuestAndTheVmm) {
+  MicrovmLaunch launch = TestLaunch();  // 1.5 CPUs, 256 MiB
+  MicrovmCgroupLimits limits = MicrovmVmmLimits(launch);
+  EXPECT_EQ(limits.cpu_quota_us, 150000u);  // the bandwidth asked for, per 100 ms
+  EXPECT_EQ(limits.memory_max_bytes, (256ull << 20) + kVmmMemoryOverheadBytes + (4ull << 20));
+  EXPECT_EQ(limits.pids_max, 2u + kVmmThreadAllowance);
+
+  SandboxSpec small{.id = "s"};
+  small.limits.millicpus = 250;
+  small.limits.memory_bytes = 64ull << 20;
+  auto quarter = MakeMicrovmLaunch(small, {}, "/i", "/v");
+  ASSERT_TRUE(quarter);
+  EXPECT_EQ(MicrovmVmmLimits(*quarter).cpu_quota_us, 25000u);
+  EXPECT_EQ(MicrovmVmmLimits(*quarter).pids_max, 1u + kVmmThreadAllowance);
+  // The kernel's smallest quota is 1 ms.
+  small.limits.millicpus = 1;
+  auto tiny = MakeMicrovmLaunch(small, {}, "/i", "/v");
+  ASSERT_TRUE(tiny);
+  EXPECT_EQ(MicrovmVmmLimits(*tiny).cpu_quota_us, 1000u);
+}
+
+MicrovmLaunch JailTestLaunch(const std::string& sandbox_dir) {
+  MicrovmLaunch launch = TestLaunch();
+  launch.vsock_uds = MicrovmVsockPath(sandbox_dir);
+  return launch;
+}
+
+TEST(MicrovmJail, ArgvRunsTheVmmJailedWithTheLimits) {
+  const std::string dir = "/var/lib/tartarus/runtime/sandboxes/abc123";
+  auto argv =
+      MicrovmVmmArgv({.vmm_path = "/opt/bin/tartarus-vmm", .sandbox_dir = dir, .id = "abc123"},
+                     JailTestLaunch(dir));
+  ASSERT_TRUE(argv) << argv.error().message;
+  MicrovmCgroupLimits limits = MicrovmVmmLimits(JailTestLaunch(dir));
+  const std::string uid = std::to_string(kDefaultVmmUid);
+  const std::string gid = std::to_string(kDefaultVmmGid);
+  EXPECT_EQ(*argv, (std::vector<std::string>{
+                       "/opt/bin/tartarus-vmm", "--config-file", dir + "/vm.json", "--id", "abc123",
+                       "--jail", dir + "/jail", "--uid", uid, "--gid", gid, "--cgroup-parent",
+                       "tartarus-vmm", "--cpu-max", "150000 100000", "--memory-max",
+                       std::to_string(limits.memory_max_bytes), "--pids-max", "18"}));
+  EXPECT_EQ(MicrovmVsockPath(dir), dir + "/vsock/v.sock");
+  EXPECT_NE(kDefaultVmmUid, 0u);
+  EXPECT_NE(kDefaultVmmGid, 0u);
+
+  auto custom = MicrovmVmmArgv(
+      {.vmm_path = "/v", .sandbox_dir = dir, .id = "abc123", .uid = 1234, .gid = 5678},
+      JailTestLaunch(dir));
+  ASSERT_TRUE(custom) << custom.error().message;
+  EXPECT_EQ((*custom)[8], "1234");
+  EXPECT_EQ((*custom)[10], "5678");
+}
+
+TEST(MicrovmJail, ArgvRefusesRootRelativePathsAndLongSockets) {
+  const std::string dir = "/s/box";
+  auto refused = [&](MicrovmVmmCommand command, MicrovmLaunch launch, const char* what) {
+    auto argv = MicrovmVmmArgv(command, launch);
+    EXPECT_FALSE(argv) << what;
+    if (!argv) {
+      EXPECT_EQ(argv.error().code, ErrorCode::kInvalidArgument) << what;
+      EXPECT_THAT(argv.error().message, HasSubstr(what));
+    }
+  };
+  MicrovmVmmCommand command{.vmm_path = "/v", .sandbox_dir = dir, .id = "box"};
+  MicrovmVmmCommand as_root = command;
+  as_root.uid = 0;
+  refused(as_root, JailTestLaunch(dir), "must not run as root");
+  MicrovmVmmCommand root_group = command;
+  root_group.gid = 0;
+  refused(root_group, JailTestLaunch(dir), "must not run as root");
+  MicrovmVmmCommand relative = command;
+  relative.sandbox_dir = "s/box";
+  refused(relative, JailTestLaunch(dir), "sandbox dir \"s/box\"");
+  MicrovmLaunch relative_vsock = JailTestLaunch(dir);
+  relative_vsock.vsock_uds = "vsock.sock";
+  refused(command, relative_vsock, "vsock socket \"vsock.sock\"");
+  MicrovmLaunch relative_image = JailTestLaunch(dir);
+  relative_image.root_image = "rootfs.ext4";
+  refused(command, relative_image, "root image \"rootfs.ext4\"");
+  MicrovmVmmCommand bad_id = command;
+  bad_id.id = "../x";
+  EXPECT_FALSE(MicrovmVmmArgv(bad_id, JailTestLaunch(dir)));
+  const std::string deep = "/" + std::string(100, 'd');
+  refused({.vmm_path = "/v", .sandbox_dir = deep, .id = "box"}, JailTestLaunch(deep),
+          "more than a Unix socket takes");
+}
+
 // A stand-in for tartarus-vmm's hybrid vsock listener: answers one connection with `reply`.
 class FakeVsockListener {
  public:
@@ -310,6 +402,186 @@ TEST(MicrovmLaunch, RealVmmAcceptsTheConfigFile) {
   RemoveTree(dir);
 }
 
+std::string JailSkipReason() {
+  if (geteuid() != 0) return "the jailed tartarus-vmm needs root (namespaces, mounts, chown)";
+  if (!ReadKvmHostFacts().dev_kvm_usable) return "/dev/kvm does not open";
+  return "";
+}
+
+// A sandbox dir laid out as MicrovmSandbox::Start lays it (vm.json and vsock/ owned by the
+// VMM's uid, the ext4 image of a tiny tree), with `guest` as the kernel, and tartarus-vmm
+// spawned with exactly the argv the backend builds.
+struct JailedVmm {
+  std::string state;
+  std::string id = "jailtest-1";
+  std::string dir;
+  std::string log;
+  MicrovmLaunch launch;
+  Subprocess jailer;
+  bool skipped = false;
+  std::string skip_reason;
+  ~JailedVmm() {
+    if (jailer.pid() > 0) {
+      jailer.Signal(SIGKILL);
+      (void)jailer.Wait();
+    }
+    if (!state.empty()) RemoveTree(state);
+  }
+};
+
+void StartJailedVmm(const std::string& guest, JailedVmm& vm) {
+  vm.state = MakeTempDir();
+  RuntimeConfig config{.state_dir = vm.state};
+  vm.dir = SandboxDir(config, vm.id);
+  ASSERT_EQ(RunCommand({"mkdir", "-p", vm.dir})->status.code, 0);
+  ASSERT_EQ(mkdir((vm.state + "/tree").c_str(), 0755), 0);
+  WriteFile(vm.state + "/tree/hello", "hi\n");
+  WriteFile(vm.state + "/initramfs", "not really an initramfs");
+  auto image = templates::EnsureExt4Image(vm.state + "/tree", [](std::string_view) {});
+  if (!image && image.error().code == ErrorCode::kFailedPrecondition) {
+    vm.skipped = true;
+    vm.skip_reason = image.error().message;
+    return;
+  }
+  ASSERT_TRUE(image) << image.error().message;
+  SandboxSpec spec{.id = vm.id};
+  spec.limits.memory_bytes = 64ull << 20;
+  auto launch = MakeMicrovmLaunch(
+      spec, {.release = "test", .kernel = guest, .initramfs = vm.state + "/initramfs"}, *image,
+      MicrovmVsockPath(vm.dir));
+  ASSERT_TRUE(launch) << launch.error().message;
+  vm.launch = *launch;
+  auto argv = MicrovmVmmArgv({.vmm_path = TARTARUS_VMM_PATH, .sandbox_dir = vm.dir, .id = vm.id},
+                             vm.launch);
+  ASSERT_TRUE(argv) << argv.error().message;
+  WriteFile(MicrovmConfigPath(vm.dir), MicrovmConfigJson(vm.launch));
+  ASSERT_EQ(chown(MicrovmConfigPath(vm.dir).c_str(), kDefaultVmmUid, kDefaultVmmGid), 0);
+  ASSERT_EQ(mkdir((vm.dir + "/vsock").c_str(), 0700), 0);
+  ASSERT_EQ(chown((vm.dir + "/vsock").c_str(), kDefaultVmmUid, kDefaultVmmGid), 0);
+  vm.log = vm.dir + "/runtime.log";
+  UniqueFd log_fd(open(vm.log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  auto spawned =
+      Spawn({.argv = *argv, .cwd = vm.dir, .fds = {{0, -1}, {1, log_fd.Get()}, {2, log_fd.Get()}}});
+  ASSERT_TRUE(spawned) << spawned.error().message;
+  vm.jailer = std::move(*spawned);
+}
+
+std::string ReadText(const std::string& path) {
+  std::ifstream file(path);
+  std::stringstream text;
+  text << file.rdbuf();
+  return text.str();
+}
+
+bool CgroupLeafExists(const std::string& id) {
+  for (const char* mount : {"/sys/fs/cgroup", "/sys/fs/cgroup/unified"}) {
+    if (std::filesystem::exists(std::string(mount) + "/tartarus-vmm/" + id)) return true;
+  }
+  return false;
+}
+
+// The backend's argv, jailed, on the "hello" guest that halts by itself: the VMM ends
+// cleanly, the jailer removed the jail and its cgroup, and the backend's teardown leaves the
+// sandbox dir with nothing of the VM's.
+TEST(MicrovmJail, RealVmmRunsJailedWithTheBackendsArgvAndLeavesNothing) {
+  if (std::string reason = JailSkipReason(); !reason.empty()) GTEST_SKIP() << "skipped: " << reason;
+  JailedVmm vm;
+  ASSERT_NO_FATAL_FAILURE(StartJailedVmm(TARTARUS_HELLO_GUEST, vm));
+  if (vm.skipped) GTEST_SKIP() << "skipped: " << vm.skip_reason;
+  auto status = vm.jailer.WaitFor(20s);
+  vm.jailer = Subprocess();
+  ASSERT_TRUE(status) << status.error().message;
+  std::string log = ReadText(vm.log);
+  EXPECT_EQ(status->code, 0) << status->Describe() << ": " << log;
+  EXPECT_THAT(log, HasSubstr("hello from the guest"));
+  EXPECT_FALSE(std::filesystem::exists(MicrovmJailBase(vm.dir) + "/" + vm.id)) << log;
+  EXPECT_FALSE(CgroupLeafExists(vm.id));
+  ASSERT_TRUE(TeardownMicrovmJail(vm.dir, vm.id));
+  EXPECT_FALSE(std::filesystem::exists(MicrovmJailBase(vm.dir)));
+  EXPECT_FALSE(std::filesystem::exists(vm.dir + "/vsock"));
+}
+
+// pid (from /proc/<pid>/status) of the jailer's child, the VMM; 0 if none.
+pid_t ChildOf(pid_t parent) {
+  std::string p = std::to_string(parent);
+  std::istringstream children(ReadText("/proc/" + p + "/task/" + p + "/children"));
+  pid_t child = 0;
+  children >> child;
+  return child;
+}
+
+// A jailed VMM whose owner died (kill -9 of the CLI): it runs as the unprivileged uid with
+// its vsock socket visible on the host, its limits are applied or the log says why not,
+// and CleanupLeftovers, finding the jailer's pid in `runtime`, stops it and removes the
+// jail, the cgroup leaf and the sandbox dir.
+TEST(MicrovmJail, CleanupLeftoversStopsAJailedVmmWhoseOwnerDied) {
+  if (std::string reason = JailSkipReason(); !reason.empty()) GTEST_SKIP() << "skipped: " << reason;
+  JailedVmm vm;
+  ASSERT_NO_FATAL_FAILURE(StartJailedVmm(TARTARUS_IDLE_GUEST, vm));
+  if (vm.skipped) GTEST_SKIP() << "skipped: " << vm.skip_reason;
+  const std::string uds = MicrovmVsockPath(vm.dir);
+  auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (access(uds.c_str(), F_OK) != 0 && std::chrono::steady_clock::now() < deadline) {
+    auto exited = vm.jailer.TryWait();
+    ASSERT_TRUE(exited);
+    ASSERT_FALSE(exited->has_value())
+        << "the jailer exited: " << (*exited)->Describe() << ": " << ReadText(vm.log);
+    std::this_thread::sleep_for(10ms);
+  }
+  ASSERT_EQ(access(uds.c_str(), F_OK), 0) << "no vsock socket on the host: " << ReadText(vm.log);
+  auto stream = ConnectHybridVsock(uds, kAgentVsockPort, 3000ms);
+  ASSERT_FALSE(stream);  // the idle guest has no vsock driver
+  EXPECT_NE(stream.error().code, ErrorCode::kProtocol) << stream.error().message;
+  EXPECT_TRUE(std::filesystem::exists(MicrovmJailBase(vm.dir) + "/" + vm.id + "/root"));
+
+  pid_t vmm = ChildOf(vm.jailer.pid());
+  ASSERT_GT(vmm, 0);
+  auto vmm_start = ProcessStartTime(vmm);
+  ASSERT_TRUE(vmm_start);
+  const OwnerRecord vmm_process{vmm, *vmm_start};
+  std::string status = ReadText("/proc/" + std::to_string(vmm) + "/status");
+  const std::string ids = std::to_string(kDefaultVmmUid);
+  EXPECT_THAT(status, HasSubstr("Uid:\t" + ids + "\t" + ids + "\t" + ids));
+  EXPECT_THAT(status, HasSubstr("Gid:\t" + std::to_string(kDefaultVmmGid)));
+
+  // Limits: set in the VM's leaf, or skipped with the jailer's reason in runtime.log.
+  std::string log = ReadText(vm.log);
+  MicrovmCgroupLimits limits = MicrovmVmmLimits(vm.launch);
+  std::string memory_max;
+  for (const char* mount : {"/sys/fs/cgroup", "/sys/fs/cgroup/unified"}) {
+    std::string file = std::string(mount) + "/tartarus-vmm/" + vm.id + "/memory.max";
+    if (std::filesystem::exists(file)) memory_max = ReadText(file);
+  }
+  if (!memory_max.empty()) {
+    EXPECT_EQ(memory_max, std::to_string(limits.memory_max_bytes) + "\n");
+  } else {
+    EXPECT_TRUE(log.find("memory.max not set") != std::string::npos ||
+                log.find("cgroup limits skipped") != std::string::npos)
+        << log;
+  }
+
+  // The owner is dead (its start time does not match); the jailer is the runtime process.
+  RuntimeConfig config{.state_dir = vm.state};
+  WriteFile(vm.dir + "/owner", FormatOwnerRecord({getpid(), 1}));
+  auto start = ProcessStartTime(vm.jailer.pid());
+  ASSERT_TRUE(start);
+  WriteFile(vm.dir + "/runtime", FormatOwnerRecord({vm.jailer.pid(), *start}));
+  auto cleaned = CleanupLeftovers(config);
+  ASSERT_TRUE(cleaned) << cleaned.error().message;
+  EXPECT_EQ(*cleaned, std::vector<std::string>{vm.id});
+  auto ended = vm.jailer.WaitFor(5s);
+  vm.jailer = Subprocess();
+  ASSERT_TRUE(ended);
+  EXPECT_FALSE(ended->Success());
+  auto gone_by = std::chrono::steady_clock::now() + 5s;
+  while (OwnerAlive(vmm_process) && std::chrono::steady_clock::now() < gone_by) {
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_FALSE(OwnerAlive(vmm_process)) << "the jailed VMM outlived the cleanup";
+  EXPECT_FALSE(std::filesystem::exists(vm.dir));
+  EXPECT_FALSE(CgroupLeafExists(vm.id));
+}
+
 // scripts/build-guest-initramfs.sh with this build's agent, into a temporary directory (the
 // kernel comes from, or is fetched into, the state dir's cache). Skips when the kernel
 // package cannot be had (no network to Debian's mirror, no apt-get).
@@ -347,7 +619,8 @@ TEST(MicrovmGuestInitramfs, BuildsAnArchiveTheAgentCanBootFrom) {
         modules + "kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko",
         modules + "kernel/net/vmw_vsock/vmw_vsock_virtio_transport_common.ko",
         modules + "kernel/net/vmw_vsock/vsock.ko", modules + "kernel/drivers/virtio/virtio.ko",
-        modules + "kernel/drivers/virtio/virtio_ring.ko"}) {
+        modules + "kernel/drivers/virtio/virtio_ring.ko",
+        modules + "kernel/drivers/char/virtio_console.ko"}) {
     EXPECT_THAT(listing->out, HasSubstr("\n" + entry + "\n")) << entry;
   }
 

@@ -555,6 +555,8 @@ Status TeardownSandboxState(const RuntimeConfig& config, std::string_view id) {
   for (OciRuntime runtime : {OciRuntime::kRunc, OciRuntime::kRunsc, OciRuntime::kCrun}) {
     step(DeleteContainer(config, runtime, id));
   }
+  // A microVM's jailer first, by SIGTERM, so that it removes its jail and cgroup itself.
+  step(TeardownMicrovmJail(dir, id));
   // The foreground runtime process of the dead owner, if it has not exited by itself.
   if (auto text = ReadSmallFile(dir + "/runtime", 256)) {
     auto runtime = ParseOwnerRecord(*text);

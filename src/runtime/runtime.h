@@ -31,6 +31,9 @@ struct SandboxSpec {
   std::string agent_path;  // host path of the static guest agent, mounted read-only
   std::string hostname = "tartarus";
   Limits limits;
+  // One line per slow first-use step the backend takes (the microvm backend making the
+  // template's ext4 image); unset: the line goes to stderr.
+  std::function<void(std::string_view line)> progress;
 };
 
 // Resource usage of a sandbox, read from its cgroup.
@@ -63,9 +66,17 @@ class Sandbox {
   virtual Status Destroy() = 0;
 };
 
+// The unprivileged ids the microvm backend's jailed tartarus-vmm runs as (docs/runtime.md,
+// "Jailing"): one fixed pair for every VM, since the jail already gives each VM its own
+// namespaces and only its own files. Not 0: a VMM running as root gains nothing from the jail.
+inline constexpr uint32_t kDefaultVmmUid = 64500;
+inline constexpr uint32_t kDefaultVmmGid = 64500;
+
 struct RuntimeConfig {
   std::string state_dir;                   // runtime state lives under <state_dir>/runtime
   std::string gvisor_platform = "ptrace";  // runsc --platform
+  uint32_t vmm_uid = kDefaultVmmUid;       // microvm: the jailed tartarus-vmm's uid and gid
+  uint32_t vmm_gid = kDefaultVmmGid;
 };
 
 class Backend {

@@ -101,8 +101,8 @@ Result<std::string> EnsureExt4Image(const std::string& rootfs,
   TreeSize tree = TRY(MeasureTree(rootfs));
   Ext4Geometry geometry = Ext4GeometryFor(tree);
   if (progress) {
-    progress("making " + image + " (" + std::to_string(geometry.bytes / kMiB) + " MiB, " +
-             std::to_string(tree.entries) + " files) with mkfs.ext4 -d");
+    progress("making the microVM image " + image + " (" + std::to_string(geometry.bytes / kMiB) +
+             " MiB, " + std::to_string(tree.entries) + " files) with mkfs.ext4 -d");
   }
   std::string temp = image + ".tmp-" + std::to_string(getpid());
   unlink(temp.c_str());

@@ -320,7 +320,12 @@ Result<std::optional<int>> RunJailed(const JailOptions& options, const JailConte
       }
     }
   }
-  if (!cgroup.empty()) ::rmdir(cgroup.c_str());  // empty now: its only process has exited
+  // Empty now: its only process has exited. The kernel may still count it for a moment after
+  // the wait (EBUSY), so retry briefly rather than leave the leaf behind.
+  for (int attempt = 0; !cgroup.empty() && attempt < 200; ++attempt) {
+    if (::rmdir(cgroup.c_str()) == 0 || errno != EBUSY) break;
+    ::usleep(5000);
+  }
   return status;
 }
 
