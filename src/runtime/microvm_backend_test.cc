@@ -544,20 +544,22 @@ TEST(MicrovmJail, CleanupLeftoversStopsAJailedVmmWhoseOwnerDied) {
   EXPECT_THAT(status, HasSubstr("Uid:\t" + ids + "\t" + ids + "\t" + ids));
   EXPECT_THAT(status, HasSubstr("Gid:\t" + std::to_string(kDefaultVmmGid)));
 
-  // Limits: set in the VM's leaf, or skipped with the jailer's reason in runtime.log.
+  // Limits: set in the VM's leaf (cgroup v2's memory.max, or v1's memory.limit_in_bytes on
+  // hybrid hosts such as these), or skipped with the jailer's reason in runtime.log.
   std::string log = ReadText(vm.log);
   MicrovmCgroupLimits limits = MicrovmVmmLimits(vm.launch);
   std::string memory_max;
-  for (const char* mount : {"/sys/fs/cgroup", "/sys/fs/cgroup/unified"}) {
-    std::string file = std::string(mount) + "/tartarus-vmm/" + vm.id + "/memory.max";
-    if (std::filesystem::exists(file)) memory_max = ReadText(file);
+  for (const char* file : {"/sys/fs/cgroup/tartarus-vmm/%s/memory.max",
+                           "/sys/fs/cgroup/unified/tartarus-vmm/%s/memory.max",
+                           "/sys/fs/cgroup/memory/tartarus-vmm/%s/memory.limit_in_bytes"}) {
+    std::string path = file;
+    path.replace(path.find("%s"), 2, vm.id);
+    if (std::filesystem::exists(path)) memory_max = ReadText(path);
   }
   if (!memory_max.empty()) {
     EXPECT_EQ(memory_max, std::to_string(limits.memory_max_bytes) + "\n");
   } else {
-    EXPECT_TRUE(log.find("memory.max not set") != std::string::npos ||
-                log.find("cgroup limits skipped") != std::string::npos)
-        << log;
+    EXPECT_THAT(log, HasSubstr("memory limit not set")) << log;
   }
 
   // The owner is dead (its start time does not match); the jailer is the runtime process.

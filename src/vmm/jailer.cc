@@ -15,12 +15,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <vector>
 
 #include "common/unique_fd.h"
 
@@ -61,49 +63,101 @@ std::string CgroupV2Mount() {
   return "";
 }
 
-// The jail's cgroup leaf, or empty after saying why there is none.
-std::string SetUpCgroup(const JailOptions& options, pid_t child) {
-  const bool limited =
-      !options.cpu_max.empty() || !options.memory_max.empty() || !options.pids_max.empty();
-  const std::string mount = CgroupV2Mount();
-  if (mount.empty() || ::access(mount.c_str(), W_OK) != 0) {
-    std::fprintf(stderr, "tartarus-vmm: jail: cgroup v2 is not mounted writable here; %s\n",
-                 limited ? "cgroup limits skipped" : "no cgroup");
-    return "";
+// The cgroup v1 hierarchy that has `controller` (hybrid and v1-only hosts), or empty.
+std::string CgroupV1Mount(const std::string& controller) {
+  std::ifstream mounts("/proc/self/mounts");
+  std::string device, point, type, options;
+  std::string rest;
+  while (mounts >> device >> point >> type >> options && std::getline(mounts, rest)) {
+    if (type != "cgroup") continue;
+    std::stringstream words(options);
+    for (std::string word; std::getline(words, word, ',');) {
+      if (word == controller) return point;
+    }
   }
+  return "";
+}
+
+// One limit as cgroup v1 spells it: memory.limit_in_bytes, cpu.cfs_period_us then
+// cpu.cfs_quota_us, pids.max ("max" is -1 for the first two).
+Status WriteV1Limit(const std::string& leaf, const std::string& controller,
+                    const std::string& value) {
+  if (controller == "memory") {
+    return WriteText(leaf + "/memory.limit_in_bytes", value == "max" ? "-1" : value);
+  }
+  if (controller == "cpu") {
+    const size_t space = value.find(' ');
+    const std::string quota = value.substr(0, space);
+    if (space != std::string::npos)
+      TRY(WriteText(leaf + "/cpu.cfs_period_us", value.substr(space + 1)));
+    return WriteText(leaf + "/cpu.cfs_quota_us", quota == "max" ? "-1" : quota);
+  }
+  return WriteText(leaf + "/pids.max", value);
+}
+
+// Makes <mount>/<cgroup_parent>/<id>; empty (after saying why) when it cannot.
+std::string MakeLeaf(const std::string& mount, const JailOptions& options) {
   const std::string parent = mount + "/" + options.cgroup_parent;
   const std::string leaf = parent + "/" + options.id;
   std::error_code error;
   fs::create_directories(parent, error);
   if (::mkdir(leaf.c_str(), 0755) != 0 && errno != EEXIST) {
-    std::fprintf(stderr, "tartarus-vmm: jail: cannot create cgroup %s (%s); %s\n", leaf.c_str(),
-                 std::strerror(errno), limited ? "cgroup limits skipped" : "no cgroup");
+    std::fprintf(stderr, "tartarus-vmm: jail: cannot create cgroup %s (%s)\n", leaf.c_str(),
+                 std::strerror(errno));
     return "";
   }
-  // Controllers are enabled top-down; one missing here (e.g. bound to cgroup v1) is reported.
-  const std::pair<const char*, const std::string*> limits[] = {
-      {"cpu", &options.cpu_max}, {"memory", &options.memory_max}, {"pids", &options.pids_max}};
-  for (auto [controller, value] : limits) {
-    if (value->empty()) continue;
-    std::string dir = mount;
-    for (const auto& part : fs::path(options.cgroup_parent)) {
-      (void)WriteText(dir + "/cgroup.subtree_control", std::string("+") + controller);
-      dir += "/" + part.string();
-    }
-    (void)WriteText(parent + "/cgroup.subtree_control", std::string("+") + controller);
-    const std::string file = leaf + "/" + controller + ".max";
-    if (Status set = WriteText(file, *value); !set) {
-      std::fprintf(stderr,
-                   "tartarus-vmm: jail: %s.max not set (%s controller unavailable in "
-                   "cgroup v2 here?): %s\n",
-                   controller, controller, set.error().message.c_str());
-    }
-  }
-  if (Status moved = WriteText(leaf + "/cgroup.procs", std::to_string(child)); !moved) {
-    std::fprintf(stderr, "tartarus-vmm: jail: %s; running outside the cgroup\n",
-                 moved.error().message.c_str());
-  }
   return leaf;
+}
+
+// The jail's cgroup leaves (to remove when the VM ends). Each limit goes where its controller
+// is: the cgroup v2 leaf <cgroup2>/<parent>/<id> when v2 has it, else the v1 hierarchy that
+// has it (hybrid hosts such as this project's machines bind cpu, memory and pids to v1), at
+// the same relative path. A limit that fits nowhere is reported and skipped: the VM runs.
+std::vector<std::string> SetUpCgroups(const JailOptions& options, pid_t child) {
+  std::vector<std::string> leaves;
+  const auto join = [&](const std::string& leaf) {
+    if (Status moved = WriteText(leaf + "/cgroup.procs", std::to_string(child)); !moved) {
+      std::fprintf(stderr, "tartarus-vmm: jail: %s; running outside %s\n",
+                   moved.error().message.c_str(), leaf.c_str());
+    }
+    leaves.push_back(leaf);
+  };
+  const std::pair<std::string, const std::string*> limits[] = {
+      {"cpu", &options.cpu_max}, {"memory", &options.memory_max}, {"pids", &options.pids_max}};
+  std::vector<std::pair<std::string, std::string>> not_in_v2;
+  const std::string v2 = CgroupV2Mount();
+  std::string v2_leaf;
+  if (!v2.empty() && ::access(v2.c_str(), W_OK) == 0) v2_leaf = MakeLeaf(v2, options);
+  for (const auto& [controller, value] : limits) {
+    if (value->empty()) continue;
+    bool set = false;
+    if (!v2_leaf.empty()) {
+      // Controllers are enabled top-down; one bound to v1 cannot be, and its file is missing.
+      std::string dir = v2;
+      for (const auto& part : fs::path(options.cgroup_parent)) {
+        (void)WriteText(dir + "/cgroup.subtree_control", "+" + controller);
+        dir += "/" + part.string();
+      }
+      (void)WriteText(dir + "/cgroup.subtree_control", "+" + controller);
+      set = static_cast<bool>(WriteText(v2_leaf + "/" + controller + ".max", *value));
+    }
+    if (!set) not_in_v2.emplace_back(controller, *value);
+  }
+  if (!v2_leaf.empty()) join(v2_leaf);
+  for (const auto& [controller, value] : not_in_v2) {
+    const std::string mount = CgroupV1Mount(controller);
+    std::string leaf = mount.empty() ? "" : MakeLeaf(mount, options);
+    Status set = leaf.empty() ? Fail(ErrorCode::kNotFound, "no cgroup v1 or v2 hierarchy has it")
+                              : WriteV1Limit(leaf, controller, value);
+    if (!set) {
+      std::fprintf(stderr,
+                   "tartarus-vmm: jail: %s limit not set, cgroup limits skipped for it: %s\n",
+                   controller.c_str(), set.error().message.c_str());
+    }
+    // cpu and cpuacct (or others) may share one hierarchy: join each leaf once.
+    if (!leaf.empty() && std::find(leaves.begin(), leaves.end(), leaf) == leaves.end()) join(leaf);
+  }
+  return leaves;
 }
 
 // True when a mount point lies under dir in this (the parent's) mount namespace: removing the
@@ -302,7 +356,7 @@ Result<std::optional<int>> RunJailed(const JailOptions& options, const JailConte
   struct sigaction forward {};
   forward.sa_handler = ForwardStop;
   for (int signal : {SIGTERM, SIGINT, SIGHUP}) ::sigaction(signal, &forward, nullptr);
-  const std::string cgroup = SetUpCgroup(options, child);
+  const std::vector<std::string> cgroups = SetUpCgroups(options, child);
   (void)!::write(ready[1], "g", 1);
   ::close(ready[1]);
 
@@ -322,9 +376,11 @@ Result<std::optional<int>> RunJailed(const JailOptions& options, const JailConte
   }
   // Empty now: its only process has exited. The kernel may still count it for a moment after
   // the wait (EBUSY), so retry briefly rather than leave the leaf behind.
-  for (int attempt = 0; !cgroup.empty() && attempt < 200; ++attempt) {
-    if (::rmdir(cgroup.c_str()) == 0 || errno != EBUSY) break;
-    ::usleep(5000);
+  for (const std::string& cgroup : cgroups) {
+    for (int attempt = 0; attempt < 200; ++attempt) {
+      if (::rmdir(cgroup.c_str()) == 0 || errno != EBUSY) break;
+      ::usleep(5000);
+    }
   }
   return status;
 }

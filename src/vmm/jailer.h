@@ -3,7 +3,8 @@
 // forks the VMM into new mount, PID, network, IPC and UTS namespaces, with a root of its own
 // under DIR/<id>/root that holds /dev/kvm, /dev/urandom, /dev/null and only the files the VM
 // needs (bind-mounted at their own absolute paths), as an unprivileged uid/gid with
-// no_new_privs, no inherited descriptors, and in a cgroup v2 leaf with the requested limits.
+// no_new_privs, no inherited descriptors, and in cgroup leaves with the requested limits (v2,
+// or v1 for a controller a hybrid host keeps there).
 // The parent waits, passes the VMM's exit status on, and removes the jail and the cgroup.
 #pragma once
 
@@ -22,7 +23,8 @@ struct JailOptions {
   std::string id;        // --id: letters, digits, '-' and '_', at most 64
   uid_t uid = 0;
   gid_t gid = 0;
-  // cgroup v2: a leaf <cgroup2 mount>/<cgroup_parent>/<id>; empty limits are not set.
+  // Leaves <cgroup2 mount>/<cgroup_parent>/<id>, and the same under each v1 hierarchy that
+  // holds a limited controller; empty limits are not set.
   std::string cgroup_parent = "tartarus-vmm";
   std::string cpu_max;     // "QUOTA PERIOD" or "max PERIOD"
   std::string memory_max;  // bytes or "max"

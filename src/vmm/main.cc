@@ -177,7 +177,8 @@ int main(int argc, char** argv) {
   app.add_option("--uid", jail.uid, "jailed VMM's uid (with --jail)")->needs(jail_option);
   app.add_option("--gid", jail.gid, "jailed VMM's gid (with --jail)")->needs(jail_option);
   app.add_option("--cgroup-parent", jail.cgroup_parent,
-                 "cgroup v2 parent of the VM's leaf, relative to the cgroup v2 mount")
+                 "cgroup parent of the VM's leaf, relative to each hierarchy's mount (v2, and v1 "
+                 "for controllers kept there)")
       ->capture_default_str()
       ->needs(jail_option);
   app.add_option("--cpu-max", jail.cpu_max, "cgroup cpu.max: \"QUOTA PERIOD\"")->needs(jail_option);

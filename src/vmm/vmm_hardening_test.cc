@@ -23,8 +23,10 @@
 #include <filesystem>
 #include <fstream>
 #include <set>
+#include <sstream>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "vmm/jailer.h"
 #include "vmm/kvm.h"
@@ -373,6 +375,78 @@ TEST(JailTest, JailedVirtioGuestBootsAndTheJailIsRemoved) {
   EXPECT_THAT(ReadFile(serial), HasSubstr("virtio guest done"));
   EXPECT_EQ(again.Stdout(), "");
   EXPECT_FALSE(std::filesystem::exists(jails + "/vm-2"));
+}
+
+// Where a controller lives: its cgroup v1 hierarchy (hybrid and v1 hosts), else cgroup v2.
+struct ControllerHome {
+  std::string mount;
+  bool v1 = false;
+};
+ControllerHome FindController(const std::string& controller) {
+  std::ifstream mounts("/proc/self/mounts");
+  std::string device, point, type, options, rest, v2;
+  while (mounts >> device >> point >> type >> options && std::getline(mounts, rest)) {
+    if (type == "cgroup2") v2 = point;
+    if (type != "cgroup") continue;
+    std::stringstream words(options);
+    for (std::string word; std::getline(words, word, ',');) {
+      if (word == controller) return {point, true};
+    }
+  }
+  return {v2, false};
+}
+
+// The limits reach the kernel wherever the host keeps each controller: on this project's
+// hybrid hosts cpu, memory and pids are cgroup v1, elsewhere v2. The VMM runs in the leaves,
+// and they are gone with it.
+TEST(JailTest, JailedVmmRunsUnderItsCgroupLimits) {
+  if (std::string reason = SkipJail(); !reason.empty()) GTEST_SKIP() << "skipped: " << reason;
+  TempDir dir;
+  const std::string config = dir.path + "/vm.json";
+  std::ofstream(config) << R"({"boot-source": {"kernel_image_path": ")" << Guest("idle")
+                        << R"("}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 32}})";
+  const std::string uid = std::to_string(kJailUid);
+  const std::string id = "vm-limits-" + std::to_string(::getpid());
+  VmmProcess vmm({"--jail", dir.path + "/jails", "--uid", uid, "--gid", uid, "--id", id,
+                  "--config-file", config, "--memory-max", "268435456", "--pids-max", "20",
+                  "--cpu-max", "50000 100000"});
+  // The VMM is the jailer's only child.
+  pid_t child = 0;
+  for (int attempt = 0; attempt < 500 && child == 0; ++attempt) {
+    std::ifstream children("/proc/" + std::to_string(vmm.pid()) + "/task/" +
+                           std::to_string(vmm.pid()) + "/children");
+    if (!(children >> child)) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_GT(child, 0) << vmm.Stderr();
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // joined its cgroups by now
+  ASSERT_TRUE(vmm.Running()) << vmm.Stderr();
+  const std::string membership = ReadFile("/proc/" + std::to_string(child) + "/cgroup");
+  struct Expected {
+    const char* controller;
+    const char* v1_file;
+    const char* v1_value;
+    const char* v2_value;
+  };
+  std::vector<std::string> leaves;
+  for (const Expected& e : {Expected{"memory", "memory.limit_in_bytes", "268435456", "268435456"},
+                            Expected{"pids", "pids.max", "20", "20"},
+                            Expected{"cpu", "cpu.cfs_quota_us", "50000", "50000 100000"}}) {
+    const ControllerHome home = FindController(e.controller);
+    ASSERT_FALSE(home.mount.empty()) << e.controller;
+    const std::string leaf = home.mount + "/tartarus-vmm/" + id;
+    leaves.push_back(leaf);
+    const std::string file =
+        leaf + "/" + (home.v1 ? e.v1_file : e.controller + std::string(".max"));
+    EXPECT_EQ(ReadFile(file), std::string(home.v1 ? e.v1_value : e.v2_value) + "\n")
+        << file << "\n"
+        << vmm.Stderr();
+    EXPECT_THAT(ReadFile(leaf + "/cgroup.procs"), HasSubstr(std::to_string(child) + "\n")) << leaf;
+  }
+  EXPECT_THAT(membership, HasSubstr("/tartarus-vmm/" + id + "\n"));
+  EXPECT_THAT(vmm.Stderr(), Not(HasSubstr("limit not set")));
+  vmm.Signal(SIGTERM);
+  vmm.Wait();
+  for (const std::string& leaf : leaves) EXPECT_FALSE(std::filesystem::exists(leaf)) << leaf;
 }
 
 // Paths given through the API resolve inside the jail: a host file not given is not there;

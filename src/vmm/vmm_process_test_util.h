@@ -74,6 +74,7 @@ class VmmProcess {
     }
   }
   // Sends signal to the process (a jailed VMM's jailer stops and cleans up on SIGTERM).
+  pid_t pid() const { return pid_; }
   void Signal(int signal) {
     if (pid_ > 0 && !exited_) ::kill(pid_, signal);
   }
