@@ -27,7 +27,8 @@ _start:
         cmpl $2, 8(%rbx)                # DeviceID 2: block
         jne no_device
         mov $BLK_QUEUE, %r12d
-        call init_device
+        mov $1, %ecx
+        call virtio_init
         lea found(%rip), %rsi
         call puts
         mov 0x100(%rbx), %eax           # config: capacity (le64, sectors)
@@ -83,7 +84,8 @@ _start:
         cmpl $4, 8(%rbx)                # DeviceID 4: entropy
         jne done
         mov $RNG_QUEUE, %r12d
-        call init_device
+        mov $1, %ecx
+        call virtio_init
         movw $1, RNG_QUEUE+0x1000
         movq $RNG_DATA, RNG_QUEUE       # one device-writable 16-byte buffer
         movl $16, RNG_QUEUE+8
@@ -110,44 +112,8 @@ no_device:
         call puts
         jmp halt_forever
 
-# RBX: the transport's registers; R12: queue memory (descriptors, avail +0x1000, used
-# +0x2000). The driver initialization of virtio 1.1, 3.1.1.
-init_device:
-        movl $0, 0x70(%rbx)             # Status = 0: reset
-        movl $1, 0x70(%rbx)             # ACKNOWLEDGE
-        movl $3, 0x70(%rbx)             # DRIVER
-        movl $1, 0x14(%rbx)             # DeviceFeaturesSel = 1: bits 32-63
-        testl $1, 0x10(%rbx)            # VIRTIO_F_VERSION_1
-        jz bad_features
-        movl $1, 0x24(%rbx)             # accept VERSION_1 and nothing else
-        movl $1, 0x20(%rbx)
-        movl $0, 0x24(%rbx)
-        movl $0, 0x20(%rbx)
-        movl $0xb, 0x70(%rbx)           # FEATURES_OK
-        testl $8, 0x70(%rbx)            # still set: the device accepted our features
-        jz bad_features
-        movl $0, 0x30(%rbx)             # QueueSel 0
-        cmpl $QUEUE_SIZE, 0x34(%rbx)    # QueueNumMax
-        jb bad_features
-        movl $QUEUE_SIZE, 0x38(%rbx)
-        mov %r12d, 0x80(%rbx)           # QueueDesc
-        movl $0, 0x84(%rbx)
-        lea 0x1000(%r12), %eax
-        mov %eax, 0x90(%rbx)            # QueueDriver (avail ring)
-        movl $0, 0x94(%rbx)
-        lea 0x2000(%r12), %eax
-        mov %eax, 0xa0(%rbx)            # QueueDevice (used ring)
-        movl $0, 0xa4(%rbx)
-        movl $1, 0x44(%rbx)             # QueueReady
-        movl $0xf, 0x70(%rbx)           # DRIVER_OK
-        ret
-bad_features:
-        lea refused(%rip), %rsi
-        call puts
-        jmp halt_forever
-
 # EDI: request type, ESI: sector. Three descriptors (header, 512 data bytes, status byte),
-# device-writable data for reads. RBX/R12 as for init_device.
+# device-writable data for reads. RBX: the transport, R12: its queue memory.
 blk_request:
         mov %edi, BLK_HEADER
         movl $0, BLK_HEADER+4
@@ -252,6 +218,7 @@ unexpected_handler:
         jmp halt_forever
 
         .include "serial.inc"
+        .include "virtio_driver.inc"
 
         .section .rodata
 found:        .asciz "blk: found, capacity="
@@ -266,7 +233,6 @@ rng:          .asciz "rng: len="
 rng_data:     .asciz " data="
 finished:     .asciz "virtio guest done\n"
 missing:      .asciz "FAIL: no virtio-blk in slot 0\n"
-refused:      .asciz "FAIL: device refused the driver\n"
 unexpected:   .asciz "FAIL: unexpected interrupt\n"
 newline_text: .asciz "\n"
         .balign 8

@@ -39,7 +39,9 @@ _start:
         jmp halt_forever
 
 found_device:
-        call init_device
+        mov $RX_QUEUE, %r12d             # rx, tx and event queues, 0x10000 apart
+        mov $3, %ecx
+        call virtio_init
         lea found(%rip), %rsi
         call puts
         mov 0x100(%rbx), %rax           # config: guest_cid (le64)
@@ -179,47 +181,6 @@ receive_until:
         jmp halt_forever
 2:      ret
 
-# RBX: the transport's registers. Virtio 1.1, 3.1.1, with queues 0-2 (rx, tx, event).
-init_device:
-        movl $0, 0x70(%rbx)             # Status = 0: reset
-        movl $1, 0x70(%rbx)             # ACKNOWLEDGE
-        movl $3, 0x70(%rbx)             # DRIVER
-        movl $1, 0x14(%rbx)             # DeviceFeaturesSel = 1: bits 32-63
-        testl $1, 0x10(%rbx)            # VIRTIO_F_VERSION_1
-        jz bad_features
-        movl $1, 0x24(%rbx)             # accept VERSION_1 and nothing else
-        movl $1, 0x20(%rbx)
-        movl $0, 0x24(%rbx)
-        movl $0, 0x20(%rbx)
-        movl $0xb, 0x70(%rbx)           # FEATURES_OK
-        testl $8, 0x70(%rbx)
-        jz bad_features
-        xor %ecx, %ecx
-        mov $RX_QUEUE, %r12d
-1:      mov %ecx, 0x30(%rbx)            # QueueSel
-        cmpl $QUEUE_SIZE, 0x34(%rbx)    # QueueNumMax
-        jb bad_features
-        movl $QUEUE_SIZE, 0x38(%rbx)
-        mov %r12d, 0x80(%rbx)           # QueueDesc
-        movl $0, 0x84(%rbx)
-        lea 0x1000(%r12), %eax
-        mov %eax, 0x90(%rbx)            # QueueDriver (avail ring)
-        movl $0, 0x94(%rbx)
-        lea 0x2000(%r12), %eax
-        mov %eax, 0xa0(%rbx)            # QueueDevice (used ring)
-        movl $0, 0xa4(%rbx)
-        movl $1, 0x44(%rbx)             # QueueReady
-        add $0x10000, %r12d
-        inc %ecx
-        cmp $3, %ecx
-        jne 1b
-        movl $0xf, 0x70(%rbx)           # DRIVER_OK
-        ret
-bad_features:
-        lea refused(%rip), %rsi
-        call puts
-        jmp halt_forever
-
 newline:
         push %rsi
         lea newline_text(%rip), %rsi
@@ -228,6 +189,7 @@ newline:
         ret
 
         .include "serial.inc"
+        .include "virtio_driver.inc"
 
         .section .rodata
 found:        .asciz "vsock: found, guest_cid="
@@ -237,7 +199,6 @@ closed:       .asciz "vsock guest done\n"
 received:     .asciz "vsock: rx op="
 length:       .asciz " len="
 missing:      .asciz "FAIL: no virtio-vsock in slots 0-7\n"
-refused:      .asciz "FAIL: device refused the driver\n"
 reset:        .asciz "FAIL: connection reset\n"
 newline_text: .asciz "\n"
 

@@ -21,7 +21,8 @@ _start:
         cmpl $2, 8(%rbx)                # DeviceID 2: block
         jne no_device
         mov $BLK_QUEUE, %r12d
-        call init_device
+        mov $1, %ecx
+        call virtio_init
         movw $1, BLK_QUEUE+0x1000       # avail.flags = VIRTQ_AVAIL_F_NO_INTERRUPT
 
         lea word(%rip), %rsi            # the word, NUL-terminated, into the data buffer
@@ -73,33 +74,6 @@ no_device:
         call puts
         jmp halt_forever
 
-# RBX: the transport's registers; R12: queue memory. The driver initialization of virtio
-# 1.1, 3.1.1, with VERSION_1 only and queue 0 of QUEUE_SIZE entries.
-init_device:
-        movl $0, 0x70(%rbx)             # reset
-        movl $1, 0x70(%rbx)             # ACKNOWLEDGE
-        movl $3, 0x70(%rbx)             # DRIVER
-        movl $1, 0x24(%rbx)             # DriverFeaturesSel 1: VERSION_1 (bit 32)
-        movl $1, 0x20(%rbx)
-        movl $0, 0x24(%rbx)
-        movl $0, 0x20(%rbx)
-        movl $0xb, 0x70(%rbx)           # FEATURES_OK
-        testl $8, 0x70(%rbx)
-        jz io_error
-        movl $0, 0x30(%rbx)             # QueueSel 0
-        movl $QUEUE_SIZE, 0x38(%rbx)
-        mov %r12d, 0x80(%rbx)           # QueueDesc
-        movl $0, 0x84(%rbx)
-        lea 0x1000(%r12), %eax
-        mov %eax, 0x90(%rbx)            # QueueDriver
-        movl $0, 0x94(%rbx)
-        lea 0x2000(%r12), %eax
-        mov %eax, 0xa0(%rbx)            # QueueDevice
-        movl $0, 0xa4(%rbx)
-        movl $1, 0x44(%rbx)             # QueueReady
-        movl $0xf, 0x70(%rbx)           # DRIVER_OK
-        ret
-
 # EDI: request type, ESI: sector. Header, 512 data bytes, status byte; data device-writable
 # for reads. Publishes descriptor 0 and polls the used ring.
 blk_request:
@@ -137,6 +111,7 @@ blk_request:
         ret
 
         .include "serial.inc"
+        .include "virtio_driver.inc"
 
         .section .rodata
 word:         .asciz "PERSEPHONE\0\0\0\0\0"
