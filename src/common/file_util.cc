@@ -3,6 +3,8 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <fstream>
+
 #include "common/unique_fd.h"
 
 namespace tartarus {
@@ -47,6 +49,15 @@ std::string ReadFileTail(const std::string& path, size_t max_bytes) {
   text.resize(n > 0 ? static_cast<size_t>(n) : 0);
   while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
   return text;
+}
+
+bool HasMountsUnder(const std::string& dir) {
+  std::ifstream mounts("/proc/self/mounts");
+  std::string device, point, rest;
+  while (mounts >> device >> point && std::getline(mounts, rest)) {
+    if (point == dir || point.starts_with(dir + "/")) return true;
+  }
+  return false;
 }
 
 }  // namespace tartarus

@@ -22,4 +22,8 @@ Status WriteFileAtomic(const std::string& path, std::string_view content,
 // spaces trimmed; empty when it cannot be read.
 std::string ReadFileTail(const std::string& path, size_t max_bytes);
 
+// True when `dir` or anything under it is a mount point in this process's mount namespace
+// (/proc/self/mounts): a recursive delete would then reach into whatever is mounted there.
+bool HasMountsUnder(const std::string& dir);
+
 }  // namespace tartarus

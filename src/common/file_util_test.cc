@@ -35,5 +35,13 @@ TEST(ReadFileTail, MissingOrEmptyFileIsEmpty) {
   unlink(path.c_str());
 }
 
+TEST(HasMountsUnder, SeesMountPointsAtAndBelowADirOnly) {
+  EXPECT_TRUE(HasMountsUnder("/proc"));  // /proc itself is one
+  EXPECT_TRUE(HasMountsUnder("/"));
+  std::string dir = TempPath();
+  EXPECT_FALSE(HasMountsUnder(dir));
+  EXPECT_FALSE(HasMountsUnder("/pro")) << "a prefix of a mount point's name is not above it";
+}
+
 }  // namespace
 }  // namespace tartarus

@@ -96,18 +96,6 @@ std::string VmmCgroupPath(std::string_view id) {
   return "/" + std::string(kVmmCgroupParent) + "/" + std::string(id);
 }
 
-// True when a mount point lies under `dir` in our mount namespace: a recursive delete would
-// then reach into whatever is mounted there. (The jail's own mounts live in the VMM's mount
-// namespace and are never seen here.)
-bool HasMountsUnder(const std::string& dir) {
-  std::ifstream mounts("/proc/self/mounts");
-  std::string device, point, rest;
-  while (mounts >> device >> point && std::getline(mounts, rest)) {
-    if (point == dir || point.starts_with(dir + "/")) return true;
-  }
-  return false;
-}
-
 Status RemoveTreeUnlessMounted(const std::string& dir) {
   if (HasMountsUnder(dir)) {
     return Fail(ErrorCode::kFailedPrecondition, dir + " still has mount points under it");

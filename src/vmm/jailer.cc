@@ -24,6 +24,7 @@
 #include <sstream>
 #include <vector>
 
+#include "common/file_util.h"
 #include "common/unique_fd.h"
 
 namespace tartarus::vmm {
@@ -158,17 +159,6 @@ std::vector<std::string> SetUpCgroups(const JailOptions& options, pid_t child) {
     if (!leaf.empty() && std::find(leaves.begin(), leaves.end(), leaf) == leaves.end()) join(leaf);
   }
   return leaves;
-}
-
-// True when a mount point lies under dir in this (the parent's) mount namespace: removing the
-// jail recursively would then reach into host files, so it is left in place.
-bool HasMountsUnder(const std::string& dir) {
-  std::ifstream mounts("/proc/self/mounts");
-  std::string device, point, rest;
-  while (mounts >> device >> point && std::getline(mounts, rest)) {
-    if (point == dir || point.starts_with(dir + "/")) return true;
-  }
-  return false;
 }
 
 Status MakeParents(const std::string& path) {
