@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <linux/close_range.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/mount.h>
@@ -18,6 +19,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -206,8 +208,9 @@ Status MakeDevice(const std::string& root, const std::string& host, mode_t mode,
 }
 
 // In the child (root, pid 1 of its PID namespace): everything up to running the VMM.
-Status EnterJail(const JailOptions& options, const JailContents& contents,
-                 const std::string& root) {
+// parent_alive: the read end of a pipe whose write end only the jailer holds, until it ends.
+Status EnterJail(const JailOptions& options, const JailContents& contents, const std::string& root,
+                 int parent_alive) {
   if (::unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS) != 0) {
     return FailErrno("jail: unshare(mount, net, ipc, uts)");
   }
@@ -243,7 +246,17 @@ Status EnterJail(const JailOptions& options, const JailContents& contents,
   if (::setresuid(options.uid, options.uid, options.uid) != 0) return FailErrno("jail: setresuid");
   if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return FailErrno("jail: no_new_privs");
   // A jailer killed outright takes its VM along (set after setresuid, which clears it).
+  // Test only: widens the window before the parent-death signal, so a test can kill the
+  // jailer inside it (vmm_hardening_test).
+  if (const char* delay = std::getenv("TARTARUS_VMM_TEST_JAIL_DELAY_MS")) {
+    ::usleep(static_cast<useconds_t>(std::atoi(delay)) * 1000);
+  }
   if (::prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) return FailErrno("jail: pdeathsig");
+  // A jailer that died before the line above sent no signal: its end of the pipe is closed.
+  pollfd parent{parent_alive, POLLIN, 0};
+  if (::poll(&parent, 1, 0) != 0) {
+    return Fail(ErrorCode::kCancelled, "jail: the jailer ended while the VMM was being jailed");
+  }
   if (::syscall(SYS_close_range, 3u, ~0u, 0u) != 0) return FailErrno("jail: close_range");
   return Ok();
 }
@@ -334,8 +347,7 @@ Result<std::optional<int>> RunJailed(const JailOptions& options, const JailConte
     char go = 0;
     // The parent first puts this process in the cgroup, so every VMM thread starts there.
     if (::read(ready[0], &go, 1) != 1) ::_exit(1);
-    ::close(ready[0]);
-    if (Status entered = EnterJail(options, with_scratch, root); !entered) {
+    if (Status entered = EnterJail(options, with_scratch, root, ready[0]); !entered) {
       std::fprintf(stderr, "tartarus-vmm: %s\n", entered.error().message.c_str());
       ::_exit(1);
     }
@@ -348,11 +360,13 @@ Result<std::optional<int>> RunJailed(const JailOptions& options, const JailConte
   for (int signal : {SIGTERM, SIGINT, SIGHUP}) ::sigaction(signal, &forward, nullptr);
   const std::vector<std::string> cgroups = SetUpCgroups(options, child);
   (void)!::write(ready[1], "g", 1);
-  ::close(ready[1]);
+  // ready[1] stays open while the jailer lives: the child checks it after setting its
+  // parent-death signal, which covers a jailer killed before then.
 
   int status = 0;
   while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {
   }
+  ::close(ready[1]);
   if (!options.keep_jail) {
     if (HasMountsUnder(jail)) {
       std::fprintf(stderr, "tartarus-vmm: jail: %s still has mounts; not removed\n", jail.c_str());

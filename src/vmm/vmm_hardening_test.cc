@@ -449,6 +449,46 @@ TEST(JailTest, JailedVmmRunsUnderItsCgroupLimits) {
   for (const std::string& leaf : leaves) EXPECT_FALSE(std::filesystem::exists(leaf)) << leaf;
 }
 
+// A jailer killed outright while it is still jailing the VMM (before the child's parent-death
+// signal is set) must not leave a VMM running: the child sees the jailer's end of their pipe
+// closed and gives up. The test hook widens that window to half a second.
+TEST(JailTest, JailerKilledWhileJailingLeavesNoVmm) {
+  if (std::string reason = SkipJail(); !reason.empty()) GTEST_SKIP() << "skipped: " << reason;
+  TempDir dir;
+  const std::string config = dir.path + "/vm.json";
+  std::ofstream(config) << R"({"boot-source": {"kernel_image_path": ")" << Guest("idle")
+                        << R"("}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 32}})";
+  const std::string uid = std::to_string(kJailUid);
+  ::setenv("TARTARUS_VMM_TEST_JAIL_DELAY_MS", "500", 1);
+  VmmProcess vmm({"--jail", dir.path + "/jails", "--uid", uid, "--gid", uid, "--id", "vm-orphan",
+                  "--config-file", config});
+  ::unsetenv("TARTARUS_VMM_TEST_JAIL_DELAY_MS");
+  pid_t child = 0;
+  for (int attempt = 0; attempt < 200 && child == 0; ++attempt) {
+    std::ifstream children("/proc/" + std::to_string(vmm.pid()) + "/task/" +
+                           std::to_string(vmm.pid()) + "/children");
+    if (!(children >> child)) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_GT(child, 0);
+  // Past the jailer's go-ahead (cgroups set up: milliseconds), inside the widened window.
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  vmm.Kill();  // SIGKILL: no cleanup, no forwarded signal
+  // The orphan is reparented and reaped by init once it exits; within a few seconds.
+  bool gone = false;
+  for (int attempt = 0; attempt < 400 && !gone; ++attempt) {
+    const std::string status = ReadFile("/proc/" + std::to_string(child) + "/status");
+    gone = status.empty() || status.find("State:\tZ") != std::string::npos;
+    if (!gone) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_TRUE(gone) << "the VMM outlived its jailer";
+  if (!gone) ::kill(child, SIGKILL);
+  // The killed jailer could not remove its (empty) cgroup leaf: the runtime's teardown does
+  // that for a sandbox; here the test does.
+  for (const char* mount : {"/sys/fs/cgroup", "/sys/fs/cgroup/unified"}) {
+    ::rmdir((std::string(mount) + "/tartarus-vmm/vm-orphan").c_str());
+  }
+}
+
 // Paths given through the API resolve inside the jail: a host file not given is not there;
 // one given with --jail-file is. The vsock event thread and the API work jailed and filtered.
 TEST(JailTest, JailedVmmCannotSeeHostFilesItWasNotGiven) {
