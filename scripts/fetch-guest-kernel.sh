@@ -2,7 +2,7 @@
 # Tartarus tartarus-vmm (the KVM microVM monitor): fetches Debian's cloud kernel for guests.
 # Downloads the linux-image-*-cloud-amd64 package with `apt-get download` (no install on the
 # host), unpacks it with `dpkg-deb -x` into a state directory and prints the vmlinuz path.
-# Idempotent: a kernel already unpacked there is reused.
+# Idempotent: a kernel already unpacked there is reused; concurrent runs wait for each other.
 #
 #   scripts/fetch-guest-kernel.sh [STATE_DIR]     (default /var/lib/tartarus/vmm/kernel)
 #
@@ -28,12 +28,18 @@ release=${package#linux-image-}
 
 unpacked="$state_dir/$package"
 vmlinuz="$unpacked/boot/vmlinuz-$release"
+mkdir -p "$state_dir"
+# One fetch at a time per state dir: a second caller (tests run in parallel) waits, then finds
+# the kernel unpacked, instead of replacing the tree while the first one's caller reads it.
+if command -v flock >/dev/null 2>&1; then
+  exec 9>"$state_dir/.fetch.lock"
+  flock 9
+fi
 if [ -f "$vmlinuz" ]; then
   echo "$vmlinuz"
   exit 0
 fi
 
-mkdir -p "$state_dir"
 work=$(mktemp -d "$state_dir/.fetch.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 # apt-get download writes into the current directory; it runs as the _apt user when it can,
