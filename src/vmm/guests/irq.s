@@ -5,20 +5,10 @@
         .text
         .globl _start
         .set UART_VECTOR, 0x24
-        .set IDT_ENTRIES, 64
 _start:
-        lea idt_table(%rip), %rdi
-        xor %ecx, %ecx
-1:      lea unexpected_handler(%rip), %rax
-        cmp $UART_VECTOR, %ecx
-        jne 2f
         lea uart_handler(%rip), %rax
-2:      call set_gate
-        add $16, %rdi
-        inc %ecx
-        cmp $IDT_ENTRIES, %ecx
-        jne 1b
-        lidt idt_descriptor(%rip)
+        mov $UART_VECTOR, %edx
+        call setup_idt
 
         mov $0xef, %al          # unmask IRQ 4 only
         call pic_init
@@ -58,25 +48,14 @@ uart_handler:
         pop %rax
         iretq
 
-unexpected_handler:
-        lea unexpected(%rip), %rsi
-        call puts
-        jmp halt_forever
-
         .include "serial.inc"
+        .include "interrupts.inc"
 
         .section .rodata
 waiting:    .asciz "waiting for interrupt\n"
 delivered:  .asciz "interrupt delivered iir="
-unexpected: .asciz "FAIL: unexpected interrupt\n"
 newline:    .asciz "\n"
-        .balign 8
-idt_descriptor:
-        .word IDT_ENTRIES * 16 - 1
-        .quad idt_table
 
         .data
 irq_count: .byte 0
 iir_value: .byte 0
-        .balign 16
-idt_table: .fill IDT_ENTRIES * 16, 1, 0

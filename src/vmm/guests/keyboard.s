@@ -6,7 +6,6 @@
         .text
         .globl _start
         .set KEYBOARD_VECTOR, 0x21
-        .set IDT_ENTRIES, 64
         .set KEYS_WANTED, 4
 _start:
         mov $0x20, %al                # controller command: read the control byte
@@ -17,18 +16,9 @@ _start:
         in $0x60, %al
         mov %al, %bl                  # printed once interrupts are set up
 
-        lea idt_table(%rip), %rdi
-        xor %ecx, %ecx
-2:      lea unexpected_handler(%rip), %rax
-        cmp $KEYBOARD_VECTOR, %ecx
-        jne 3f
         lea keyboard_handler(%rip), %rax
-3:      call set_gate
-        add $16, %rdi
-        inc %ecx
-        cmp $IDT_ENTRIES, %ecx
-        jne 2b
-        lidt idt_descriptor(%rip)
+        mov $KEYBOARD_VECTOR, %edx
+        call setup_idt
 
         mov $0xfd, %al          # unmask IRQ 1 only
         call pic_init
@@ -78,25 +68,14 @@ keyboard_handler:
         pop %rax
         iretq
 
-unexpected_handler:
-        lea unexpected(%rip), %rsi
-        call puts
-        jmp halt_forever
-
         .include "serial.inc"
+        .include "interrupts.inc"
 
         .section .rodata
 ready:      .asciz "keyboard ready ctr="
 keys:       .asciz "keys: "
-unexpected: .asciz "FAIL: unexpected interrupt\n"
 newline:    .asciz "\n"
-        .balign 8
-idt_descriptor:
-        .word IDT_ENTRIES * 16 - 1
-        .quad idt_table
 
         .data
 key_count:  .byte 0
 key_buffer: .fill 8, 1, 0
-        .balign 16
-idt_table: .fill IDT_ENTRIES * 16, 1, 0

@@ -16,7 +16,6 @@
         .set RNG_DATA, 0x214000
         .set QUEUE_SIZE, 8
         .set IRQ_VECTOR, 0x25           # IRQ 5 (slot 0) on the master PIC at 0x20
-        .set IDT_ENTRIES, 64
 _start:
         call setup_interrupts
         mov $SLOT0, %ebx
@@ -182,18 +181,9 @@ newline:
         ret
 
 setup_interrupts:
-        lea idt_table(%rip), %rdi
-        xor %ecx, %ecx
-1:      lea unexpected_handler(%rip), %rax
-        cmp $IRQ_VECTOR, %ecx
-        jne 2f
         lea virtio_handler(%rip), %rax
-2:      call set_gate
-        add $16, %rdi
-        inc %ecx
-        cmp $IDT_ENTRIES, %ecx
-        jne 1b
-        lidt idt_descriptor(%rip)
+        mov $IRQ_VECTOR, %edx
+        call setup_idt
         mov $0xdf, %al          # unmask IRQ 5 only
         call pic_init
         ret
@@ -212,12 +202,8 @@ virtio_handler:
         pop %rax
         iretq
 
-unexpected_handler:
-        lea unexpected(%rip), %rsi
-        call puts
-        jmp halt_forever
-
         .include "serial.inc"
+        .include "interrupts.inc"
         .include "virtio_driver.inc"
 
         .section .rodata
@@ -233,15 +219,8 @@ rng:          .asciz "rng: len="
 rng_data:     .asciz " data="
 finished:     .asciz "virtio guest done\n"
 missing:      .asciz "FAIL: no virtio-blk in slot 0\n"
-unexpected:   .asciz "FAIL: unexpected interrupt\n"
 newline_text: .asciz "\n"
-        .balign 8
-idt_descriptor:
-        .word IDT_ENTRIES * 16 - 1
-        .quad idt_table
 
         .data
 irq_count: .byte 0
 isr_value: .byte 0
-        .balign 16
-idt_table: .fill IDT_ENTRIES * 16, 1, 0

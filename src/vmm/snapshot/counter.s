@@ -9,22 +9,12 @@
         .text
         .globl _start
         .set TIMER_VECTOR, 0x20
-        .set IDT_ENTRIES, 64
         .set PIT_DIVISOR, 1193        # 1.193182 MHz / 1193 = 1 kHz
 # No SSE: on PVM hosts KVM's instruction emulator runs this guest and lacks even MOVQ xmm.
 _start:
-        lea idt_table(%rip), %rdi
-        xor %ecx, %ecx
-1:      lea unexpected_handler(%rip), %rax
-        cmp $TIMER_VECTOR, %ecx
-        jne 2f
         lea timer_handler(%rip), %rax
-2:      call set_gate
-        add $16, %rdi
-        inc %ecx
-        cmp $IDT_ENTRIES, %ecx
-        jne 1b
-        lidt idt_descriptor(%rip)
+        mov $TIMER_VECTOR, %edx
+        call setup_idt
 
         mov $0xfe, %al          # unmask IRQ 0 only
         call pic_init
@@ -97,12 +87,8 @@ timer_handler:
         pop %rax
         iretq
 
-unexpected_handler:
-        lea unexpected(%rip), %rsi
-        call puts
-        jmp halt_forever
-
         .include "serial.inc"
+        .include "interrupts.inc"
 
         .section .rodata
 ready:      .asciz "counter ready\n"
@@ -111,11 +97,6 @@ sum_text:   .asciz " sum "
 r15_text:   .asciz " r15 "
 mem_text:   .asciz " mem "
 newline:    .asciz "\n"
-unexpected: .asciz "FAIL: unexpected interrupt\n"
-        .balign 8
-idt_descriptor:
-        .word IDT_ENTRIES * 16 - 1
-        .quad idt_table
 
         .data
         .balign 8
@@ -123,7 +104,5 @@ data_magic: .ascii "CNTRDATA"     # the test finds `lines` right after this
 lines:      .quad 0
 ticks:      .quad 0
 seen_ticks: .quad 0
-        .balign 16
-idt_table:  .fill IDT_ENTRIES * 16, 1, 0
         .balign 4096
 scratch:    .fill 512 * 8, 1, 0
