@@ -100,27 +100,49 @@ std::shared_ptr<AsyncExec> StartExec(IoThread& io, const std::string& path,
   return started.get_future().get();
 }
 
+// The control server's side of a started exec: the connection past the handshake, and the
+// client's ExecStart frame, answered with ExecStarted{42}. Empty if any step failed.
+struct AcceptedExec {
+  UniqueFd peer;
+  Frame start;
+};
+std::optional<AcceptedExec> AcceptExec(FakeControlSocket& server) {
+  UniqueFd peer = server.Accept();
+  auto start = ReadFrame(peer.Get(), 5000);
+  EXPECT_TRUE(start && std::holds_alternative<ExecStart>(start->message));
+  if (!start || !std::holds_alternative<ExecStart>(start->message)) return std::nullopt;
+  if (!WriteFrame(peer.Get(), Frame{start->id, ExecStarted{42}})) return std::nullopt;
+  return AcceptedExec{std::move(peer), std::move(*start)};
+}
+
+// How the exec ended, or a timeout error when on_end did not run within 5 s.
+Result<ExecExit> WaitForEnd(std::future<Result<ExecExit>>& ended) {
+  if (ended.wait_for(std::chrono::seconds(5)) != std::future_status::ready) {
+    return Fail(ErrorCode::kTimeout, "the exec did not end within 5 s");
+  }
+  return ended.get();
+}
+
 TEST(AsyncControlClientTest, ExecStreamsOutputThenItsExit) {
   FakeControlSocket server;
   IoThread io;
   auto result = std::make_shared<ExecResult>();
   auto ended = result->end.get_future();
   auto exec = StartExec(io, server.path(), result, false);
-  UniqueFd peer = server.Accept();
-  auto start = ReadFrame(peer.Get(), 5000);
-  ASSERT_TRUE(start && std::holds_alternative<ExecStart>(start->message));
-  EXPECT_EQ(std::get<ExecStart>(start->message).argv, std::vector<std::string>{"cat"});
-  ASSERT_TRUE(WriteFrame(peer.Get(), Frame{start->id, ExecStarted{42}}));
-  ASSERT_TRUE(WriteFrame(peer.Get(), Frame{start->id, Output{Stream::kStdout, "hello "}}));
-  ASSERT_TRUE(WriteFrame(peer.Get(), Frame{start->id, Output{Stream::kStdout, "world"}}));
-  ASSERT_TRUE(WriteFrame(peer.Get(), Frame{start->id, ExecExit{5, 0, false}}));
-  ASSERT_EQ(ended.wait_for(std::chrono::seconds(5)), std::future_status::ready);
-  auto exit = ended.get();
+  auto accepted = AcceptExec(server);
+  ASSERT_TRUE(accepted);
+  const int peer = accepted->peer.Get();
+  const uint32_t id = accepted->start.id;
+  EXPECT_EQ(std::get<ExecStart>(accepted->start.message).argv, std::vector<std::string>{"cat"});
+  ASSERT_TRUE(WriteFrame(peer, Frame{id, Output{Stream::kStdout, "hello "}}));
+  ASSERT_TRUE(WriteFrame(peer, Frame{id, Output{Stream::kStdout, "world"}}));
+  ASSERT_TRUE(WriteFrame(peer, Frame{id, ExecExit{5, 0, false}}));
+  auto exit = WaitForEnd(ended);
   ASSERT_TRUE(exit) << exit.error().message;
   EXPECT_EQ(exit->exit_code, 5);
   EXPECT_EQ(result->out, "hello world");
   // Done with the exec: the client hung up.
-  EXPECT_FALSE(ReadFrame(peer.Get(), 5000));
+  EXPECT_FALSE(ReadFrame(peer, 5000));
 }
 
 TEST(AsyncControlClientTest, ExecStdinStaysWithinTheWindowAndIsAnsweredOnceTaken) {
@@ -129,10 +151,11 @@ TEST(AsyncControlClientTest, ExecStdinStaysWithinTheWindowAndIsAnsweredOnceTaken
   auto result = std::make_shared<ExecResult>();
   auto ended = result->end.get_future();
   auto exec = StartExec(io, server.path(), result, true);
-  UniqueFd peer = server.Accept();
-  auto start = ReadFrame(peer.Get(), 5000);
-  ASSERT_TRUE(start && std::get<ExecStart>(start->message).stdin_pipe);
-  ASSERT_TRUE(WriteFrame(peer.Get(), Frame{start->id, ExecStarted{42}}));
+  auto accepted = AcceptExec(server);
+  ASSERT_TRUE(accepted);
+  ASSERT_TRUE(std::get<ExecStart>(accepted->start.message).stdin_pipe);
+  const int peer = accepted->peer.Get();
+  const uint32_t id = accepted->start.id;
 
   const std::string payload(kStdinWindowBytes + kStdinWindowBytes / 2, 'x');
   std::promise<std::pair<uint64_t, Status>> written;
@@ -142,17 +165,17 @@ TEST(AsyncControlClientTest, ExecStdinStaysWithinTheWindowAndIsAnsweredOnceTaken
   auto answer = written.get_future();
   size_t received = 0;
   while (received < kStdinWindowBytes) {
-    auto frame = ReadFrame(peer.Get(), 5000);
+    auto frame = ReadFrame(peer, 5000);
     ASSERT_TRUE(frame && std::holds_alternative<StdinData>(frame->message));
     received += std::get<StdinData>(frame->message).data.size();
   }
   EXPECT_EQ(received, kStdinWindowBytes);
   // The window is full: nothing more until the agent acknowledges, and no answer yet.
-  EXPECT_FALSE(Readable(peer.Get(), 300));
+  EXPECT_FALSE(Readable(peer, 300));
   EXPECT_EQ(answer.wait_for(std::chrono::milliseconds(0)), std::future_status::timeout);
-  ASSERT_TRUE(WriteFrame(peer.Get(), Frame{start->id, StdinAck{kStdinWindowBytes}}));
+  ASSERT_TRUE(WriteFrame(peer, Frame{id, StdinAck{kStdinWindowBytes}}));
   while (received < payload.size()) {
-    auto frame = ReadFrame(peer.Get(), 5000);
+    auto frame = ReadFrame(peer, 5000);
     ASSERT_TRUE(frame && std::holds_alternative<StdinData>(frame->message));
     received += std::get<StdinData>(frame->message).data.size();
   }
@@ -164,11 +187,10 @@ TEST(AsyncControlClientTest, ExecStdinStaysWithinTheWindowAndIsAnsweredOnceTaken
   std::promise<Status> closed;
   io.Run([&] { exec->CloseStdin([&](Status s) { closed.set_value(s); }); });
   EXPECT_TRUE(closed.get_future().get());
-  auto close = ReadFrame(peer.Get(), 5000);
+  auto close = ReadFrame(peer, 5000);
   EXPECT_TRUE(close && std::holds_alternative<StdinClose>(close->message));
-  ASSERT_TRUE(WriteFrame(peer.Get(), Frame{start->id, ExecExit{0, 0, false}}));
-  ASSERT_EQ(ended.wait_for(std::chrono::seconds(5)), std::future_status::ready);
-  EXPECT_TRUE(ended.get());
+  ASSERT_TRUE(WriteFrame(peer, Frame{id, ExecExit{0, 0, false}}));
+  EXPECT_TRUE(WaitForEnd(ended));
 }
 
 TEST(AsyncControlClientTest, ALostConnectionEndsTheExecWithAnError) {
@@ -177,14 +199,8 @@ TEST(AsyncControlClientTest, ALostConnectionEndsTheExecWithAnError) {
   auto result = std::make_shared<ExecResult>();
   auto ended = result->end.get_future();
   auto exec = StartExec(io, server.path(), result, true);
-  {
-    UniqueFd peer = server.Accept();
-    auto start = ReadFrame(peer.Get(), 5000);
-    ASSERT_TRUE(start);
-    ASSERT_TRUE(WriteFrame(peer.Get(), Frame{start->id, ExecStarted{42}}));
-  }  // the supervisor went away
-  ASSERT_EQ(ended.wait_for(std::chrono::seconds(5)), std::future_status::ready);
-  auto exit = ended.get();
+  ASSERT_TRUE(AcceptExec(server));  // and the supervisor goes away at once
+  auto exit = WaitForEnd(ended);
   ASSERT_FALSE(exit);
   EXPECT_NE(exit.error().message.find("sandbox stopped before the command finished"),
             std::string::npos)
@@ -200,8 +216,7 @@ TEST(AsyncControlClientTest, AMissingSocketEndsTheExecWithAClearError) {
   auto result = std::make_shared<ExecResult>();
   auto ended = result->end.get_future();
   auto exec = StartExec(io, "/nonexistent/control.sock", result, false);
-  ASSERT_EQ(ended.wait_for(std::chrono::seconds(5)), std::future_status::ready);
-  auto exit = ended.get();
+  auto exit = WaitForEnd(ended);
   ASSERT_FALSE(exit);
   EXPECT_NE(exit.error().message.find("not reachable"), std::string::npos) << exit.error().message;
 }
@@ -212,16 +227,13 @@ TEST(AsyncControlClientTest, CancelKillsTheExecByHangingUp) {
   auto result = std::make_shared<ExecResult>();
   auto ended = result->end.get_future();
   auto exec = StartExec(io, server.path(), result, false);
-  UniqueFd peer = server.Accept();
-  auto start = ReadFrame(peer.Get(), 5000);
-  ASSERT_TRUE(start);
-  ASSERT_TRUE(WriteFrame(peer.Get(), Frame{start->id, ExecStarted{42}}));
+  auto accepted = AcceptExec(server);
+  ASSERT_TRUE(accepted);
   io.Run([&] { exec->Cancel(Error{ErrorCode::kCancelled, "the node agent is stopping"}); });
-  ASSERT_EQ(ended.wait_for(std::chrono::seconds(5)), std::future_status::ready);
-  auto exit = ended.get();
+  auto exit = WaitForEnd(ended);
   ASSERT_FALSE(exit);
   EXPECT_EQ(exit.error().code, ErrorCode::kCancelled);
-  EXPECT_FALSE(ReadFrame(peer.Get(), 5000)) << "the control server must see the hang-up";
+  EXPECT_FALSE(ReadFrame(accepted->peer.Get(), 5000)) << "the control server must see the hang-up";
 }
 
 TEST(AsyncControlClientTest, MainStdinSendsOneFrameAtATime) {
