@@ -25,6 +25,7 @@
 
 #include "common/file_util.h"
 #include "common/subprocess.h"
+#include "common/unix_address.h"
 #include "runtime/cgroups.h"
 #include "runtime/oci_backend.h"
 #include "runtime/oci_bundle.h"
@@ -143,18 +144,6 @@ Status CheckReadableBy(const std::string& path, uint32_t uid, uint32_t gid) {
 void PrintProgressLine(std::string_view line) {
   std::fprintf(stderr, "%.*s\n", static_cast<int>(line.size()), line.data());
   std::fflush(stderr);
-}
-
-// A sockaddr_un for `path`. Callers with a path too long for sun_path (sandbox ids make
-// the absolute path long) pass /proc/self/fd/<dir fd>/<name> instead (ConnectToAgent).
-Result<sockaddr_un> UnixAddress(const std::string& path) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (path.empty() || path.size() >= sizeof addr.sun_path) {
-    return Fail(ErrorCode::kInvalidArgument, "unix socket path too long: " + path);
-  }
-  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-  return addr;
 }
 
 // Waits for `fd` to be readable (or writable) until `deadline`; false on timeout.
@@ -621,7 +610,7 @@ std::string MicrovmConfigJson(const MicrovmLaunch& launch) {
 Result<UniqueFd> ConnectHybridVsock(const std::string& uds_path, uint32_t port,
                                     milliseconds timeout) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
-  sockaddr_un addr = TRY(UnixAddress(uds_path));
+  sockaddr_un addr = TRY(UnixSocketAddress(uds_path));
   UniqueFd fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!fd) return FailErrno("socket");
   if (connect(fd.Get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) {

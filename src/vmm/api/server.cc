@@ -10,15 +10,14 @@
 #include <cstring>
 #include <vector>
 
+#include "common/unix_address.h"
+
 namespace tartarus::vmm::api {
 
 Result<std::unique_ptr<ApiServer>> ApiServer::Listen(const std::string& path, Handler handler) {
-  sockaddr_un address{};
-  address.sun_family = AF_UNIX;
-  if (path.empty() || path.size() >= sizeof(address.sun_path)) {
-    return Fail(ErrorCode::kInvalidArgument, "API socket path '" + path + "' is empty or too long");
-  }
-  std::memcpy(address.sun_path, path.data(), path.size());
+  Result<sockaddr_un> parsed = UnixSocketAddress(path);
+  if (!parsed) return Fail(parsed.error().Context("API socket"));
+  sockaddr_un address = *parsed;
   UniqueFd listener(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
   if (!listener) return FailErrno("socket");
   if (::bind(listener.Get(), reinterpret_cast<sockaddr*>(&address), sizeof(address)) < 0) {

@@ -12,6 +12,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include "common/unix_address.h"
+
 namespace tartarus::vmm::virtio {
 namespace {
 
@@ -38,14 +40,8 @@ uint64_t Key(uint32_t local_port, uint32_t peer_port) {
 }
 
 Result<sockaddr_un> UnixAddress(const std::string& path) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (path.empty() || path.size() >= sizeof(addr.sun_path)) {
-    return Fail(ErrorCode::kInvalidArgument,
-                "vsock: unix socket path '" + path + "' is empty or longer than " +
-                    std::to_string(sizeof(addr.sun_path) - 1) + " bytes");
-  }
-  std::memcpy(addr.sun_path, path.data(), path.size());
+  Result<sockaddr_un> addr = UnixSocketAddress(path);
+  if (!addr) return Fail(addr.error().Context("vsock"));
   return addr;
 }
 
